@@ -42,3 +42,26 @@ def real_data_dir(tmp_path_factory):
 def real_runtime(real_data_dir) -> Runtime:
     """The real default base model and embedder, loaded once (first load fills the cache)."""
     return Runtime(Settings(data_dir=real_data_dir))
+
+
+@pytest.fixture(scope="session")
+def embedder():
+    """The real all-MiniLM-L6-v2 (loads in about a second; retrieval tests need real vectors)."""
+    from twinloop.config import EmbedderConfig
+    from twinloop.embedder import load_embedder
+
+    return load_embedder(EmbedderConfig())
+
+
+@pytest.fixture
+def knowledge(tmp_path, embedder):
+    """An empty knowledge store with the default domains, and its retriever."""
+    from twinloop.config import RetrievalConfig
+    from twinloop.db import Database
+    from twinloop.knowledge.retrieval import Retriever
+    from twinloop.knowledge.store import KnowledgeStore
+
+    cfg = RetrievalConfig(chunk_words=40, chunk_overlap=8)
+    store = KnowledgeStore(Database(tmp_path / "kb.db"), tmp_path / "indexes", embedder, cfg,
+                           domains=["law", "med", "fin", "general"])
+    return store, Retriever(store, k=cfg.k, tau=cfg.tau)

@@ -83,7 +83,7 @@ BAD_FILES = [
     ("unknown-key", "lora:\n  rank: 16\n", ["lora.rank"]),
     ("unknown-section", "lorra:\n  r: 16\n", ["lorra"]),
     ("bad-choice", "foundation:\n  source: onnx\n", ["foundation.source", "'onnx'"]),
-    ("overlap>=size", "retrieval:\n  chunk_tokens: 50\n  chunk_overlap: 50\n", ["chunk_overlap", "50"]),
+    ("overlap>=size", "retrieval:\n  chunk_words: 50\n  chunk_overlap: 50\n", ["chunk_overlap", "50"]),
     ("not-yaml", "lora: [1, 2\n", ["not valid YAML"]),
     ("not-a-mapping", "- 1\n- 2\n", ["mapping"]),
 ]

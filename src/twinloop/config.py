@@ -141,18 +141,19 @@ class RetrievalConfig(_Section):
     """Passages returned (paper, App. A)."""
     tau: float = Field(default=0.3, ge=0.0, le=1.0)
     """Score floor on dense similarity (paper, App. A: 0.3)."""
-    chunk_tokens: int = Field(default=200, ge=16)
-    """Chunk size in words; 200 keeps five sources inside a 2k-token prompt."""
-    chunk_overlap: int = Field(default=40, ge=0)
+    chunk_words: int = Field(default=160, ge=16)
+    """Chunk size in words; 160 words (~220 tokens) keeps five sources inside a 2k-token
+    prompt with room for the question and answer."""
+    chunk_overlap: int = Field(default=32, ge=0)
     """Words repeated between neighbouring chunks of one article, so a clause cut at a
     boundary is still found whole in one of them."""
 
     @model_validator(mode="after")
     def _overlap_below_size(self) -> RetrievalConfig:
-        if self.chunk_overlap >= self.chunk_tokens:
+        if self.chunk_overlap >= self.chunk_words:
             raise ValueError(
-                f"chunk_overlap ({self.chunk_overlap}) must be smaller than chunk_tokens "
-                f"({self.chunk_tokens})"
+                f"chunk_overlap ({self.chunk_overlap}) must be smaller than chunk_words "
+                f"({self.chunk_words})"
             )
         return self
 
@@ -162,6 +163,9 @@ class RouterConfig(_Section):
 
     tau: float = Field(default=0.4, ge=0.0, le=1.0)
     """Activation threshold on cosine similarity; the paper's range is 0.35–0.50 (§4.1)."""
+    secondary_margin: float = Field(default=0.1, ge=0.0, le=1.0)
+    """A domain other than the best also activates only if its score is within this margin
+    of the best one, so a clear single-domain question does not drag in a second adapter."""
 
 
 class QaConfig(_Section):

@@ -28,6 +28,11 @@ class DataDir:
         return self._dir("artifacts")
 
     @property
+    def indexes(self) -> Path:
+        """FAISS files of the domain indexes (derived data, rebuilt when missing or corrupt)."""
+        return self._dir("indexes")
+
+    @property
     def database(self) -> Path:
         """The SQLite metadata database."""
         self.root.mkdir(parents=True, exist_ok=True)

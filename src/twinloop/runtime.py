@@ -36,6 +36,41 @@ class Runtime:
 
         return load_embedder(self.settings.embedder)
 
+    @cached_property
+    def db(self):
+        from twinloop.db import Database
+
+        return Database(self.data_dir.database)
+
+    @cached_property
+    def domains(self):
+        from twinloop.domains import DomainRegistry
+
+        return DomainRegistry(self.db)
+
+    @cached_property
+    def knowledge(self):
+        """Documents, revisions and indexes of every domain."""
+        from twinloop.knowledge.store import KnowledgeStore
+
+        return KnowledgeStore(self.db, self.data_dir.indexes, self.embedder, self.settings.retrieval,
+                              domains=self.domains.names())
+
+    @cached_property
+    def retriever(self):
+        from twinloop.knowledge.retrieval import Retriever
+
+        cfg = self.settings.retrieval
+        return Retriever(self.knowledge, k=cfg.k, tau=cfg.tau)
+
+    @cached_property
+    def router(self):
+        from twinloop.routing import Router, RouterSpec
+
+        cfg = self.settings.router
+        spec = RouterSpec.from_domains(self.domains.all(), cfg.tau, cfg.secondary_margin, self.embedder.name)
+        return Router(spec, self.embedder)
+
     def describe(self) -> dict[str, Any]:
         """Model, parameter count, dtype, threads and data directory (``twinloop info``)."""
         import torch
