@@ -86,12 +86,13 @@ def _main(
         handlers=[RichHandler(console=err, show_path=False)],
     )
     # Library chatter (progress bars, load reports) goes away unless asked for.
-    for noisy in ("transformers", "sentence_transformers", "httpx", "huggingface_hub"):
+    for noisy in ("transformers", "sentence_transformers", "httpx", "huggingface_hub", "faiss", "faiss.loader"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.ERROR)
     if not verbose:
         # Set before transformers is imported (lazily, by the commands that need it), so a
         # command that needs no model never pays for importing it.
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 @app.command("validate-config")
@@ -175,6 +176,174 @@ def demo(json_out: JsonFlag = False) -> None:
         table.add_row(a.question, a.answer, "[green]✓[/green]" if a.correct else "[red]✗[/red]", f"{a.seconds:.2f}")
     out.print(table)
     out.print(f"{report.correct}/{len(report.answers)} answers contain the expected fact.")
+
+
+# -- knowledge (issue 3) ----------------------------------------------------------------------
+
+
+@app.command()
+def seed(
+    domain: Annotated[list[str] | None, typer.Option("--domain", "-d", help="Only these packs.")] = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """Load the default packs' seed corpora (real public data, see NOTICE) into the indexes."""
+    from twinloop.knowledge.seed import seed_packs
+
+    rt = _runtime()
+    with err.status("embedding seed corpora (first run only; later runs skip what is stored)…"):
+        report = seed_packs(rt.knowledge, rt.domains, domain or None)
+    _print_ingest(report.reports, json_out)
+
+
+@app.command()
+def ingest(
+    path: Annotated[Path, typer.Argument(help="A JSONL file, a Markdown/text folder or file, or a known data file.")],
+    domain: Annotated[str, typer.Option("--domain", "-d", help="Domain to add the documents to.")],
+    note: Annotated[str | None, typer.Option(help="Why (recorded with the revision).")] = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """Add documents to a domain as a new index revision; duplicates are skipped."""
+    from twinloop.knowledge.sources import detect_and_load
+
+    rt = _runtime()
+    rt.domains.get(domain)  # fail on an unknown domain before reading anything
+    docs = detect_and_load(path)
+    report = rt.knowledge.ingest(domain, docs, note=note or f"ingest {path}")
+    _print_ingest([report], json_out)
+
+
+def _print_ingest(reports, json_out: bool) -> None:
+    from dataclasses import asdict
+
+    if json_out:
+        _emit_json([asdict(r) for r in reports])
+        return
+    table = Table(title="Ingested", title_justify="left")
+    for col in ("domain", "revision", "added", "duplicates skipped", "chunks", "seconds"):
+        table.add_column(col)
+    for r in reports:
+        table.add_row(r.domain, str(r.revision or "-"), str(r.added), str(r.skipped_duplicates), str(r.chunks),
+                      f"{r.seconds:.1f}")
+    out.print(table)
+
+
+@app.command()
+def remove(
+    domain: Annotated[str, typer.Option("--domain", "-d", help="Domain holding the documents.")],
+    uri: Annotated[list[str] | None, typer.Option(help="Document uri (repeatable).")] = None,
+    doc_id: Annotated[list[int] | None, typer.Option("--id", help="Document id (repeatable).")] = None,
+    erase: Annotated[bool, typer.Option(help="Also wipe the text from every revision (right to be forgotten).")] = False,
+    note: Annotated[str | None, typer.Option(help="Why (recorded with the revision).")] = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """Remove documents as a new revision (older pinned views keep them unless --erase)."""
+    from dataclasses import asdict
+
+    rep = _runtime().knowledge.remove(domain, uris=uri or (), doc_ids=doc_id or (), erase=erase, note=note)
+    if json_out:
+        _emit_json(asdict(rep))
+    else:
+        out.print(f"removed {rep.removed} document(s) from {domain}"
+                  + (f" in revision {rep.revision}" if rep.revision else "") + (" (erased)" if erase else ""))
+
+
+@app.command()
+def search(
+    query: Annotated[str, typer.Argument(help="The question.")],
+    domain: Annotated[list[str] | None, typer.Option("--domain", "-d", help="Domain(s); default all.")] = None,
+    as_of: Annotated[str | None, typer.Option("--as-of", help="Law in force on this date (YYYY-MM-DD).")] = None,
+    jurisdiction: Annotated[str | None, typer.Option(help="Only this jurisdiction, e.g. DE.")] = None,
+    k: Annotated[int | None, typer.Option("-k", help="Passages to return.")] = None,
+    mode: Annotated[str, typer.Option(help="hybrid, bm25 or dense.")] = "hybrid",
+    revision: Annotated[int | None, typer.Option(help="Index revision to search (default newest).")] = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """Hybrid search with citations, optionally as of a date."""
+    rt = _runtime()
+    result = rt.retriever.view(revision).search(query, domain or None, k=k, as_of=as_of,
+                                                jurisdiction=jurisdiction, mode=mode)  # type: ignore[arg-type]
+    if json_out:
+        _emit_json(result.to_dict())
+        return
+    if not rt.knowledge.stats():
+        err.print("[yellow]the index is empty: run `twinloop seed` or `twinloop ingest`[/yellow]")
+    table = Table(title=f"{query!r} · revision {result.revision} · as of {result.as_of}", title_justify="left")
+    for col in ("#", "citation", "domain", "passage", "dense", "bm25", "fused"):
+        table.add_column(col, overflow="fold")
+    for i, h in enumerate(result.hits, 1):
+        passage = h.text if len(h.text) < 220 else h.text[:217] + "…"
+        table.add_row(str(i), h.label, h.domain, passage, _fmt(h.dense), _fmt(h.bm25), f"{h.score:.4f}")
+    out.print(table)
+    if not result.hits:
+        out.print("no passage passed the relevance floor τ")
+    err.print(f"[dim]{result.timings_ms.get('total', 0):.1f} ms[/dim]")
+
+
+def _fmt(v: float | None) -> str:
+    return "-" if v is None else f"{v:.3f}"
+
+
+@app.command()
+def route(
+    query: Annotated[str, typer.Argument(help="The question.")],
+    json_out: JsonFlag = False,
+) -> None:
+    """Show which domains a question goes to, with every domain's score."""
+    decision = _runtime().router.route(query)
+    if json_out:
+        _emit_json(decision.to_dict())
+        return
+    table = Table(title=f"{query!r} → {', '.join(decision.domains)}" + (" (fallback)" if decision.fallback else ""),
+                  title_justify="left")
+    table.add_column("domain")
+    table.add_column("score")
+    table.add_column("active")
+    for name, score in sorted(decision.scores.items(), key=lambda x: -x[1]):
+        table.add_row(name, f"{score:.3f}", "✓" if name in decision.domains else "")
+    out.print(table)
+    for m in decision.rules:
+        out.print(f"rule {m.pattern!r} (priority {m.priority}) → {m.domain}")
+
+
+@app.command()
+def domains(json_out: JsonFlag = False) -> None:
+    """List domains, their policy and what their index holds."""
+    rt = _runtime()
+    specs = rt.domains.all()
+    stats = rt.knowledge.stats()
+    rows = [{"name": s.name, "citations_required": s.citations_required, "approval_required": s.approval_required,
+             "examples": len(s.examples), "rules": len(s.rules), **stats.get(s.name, {})} for s in specs.values()]
+    if json_out:
+        _emit_json(rows)
+        return
+    table = Table(title="Domains", title_justify="left")
+    for col in ("name", "citations", "approval", "examples", "rules", "documents", "chunks"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["name"], str(r["citations_required"]), str(r["approval_required"]), str(r["examples"]),
+                      str(r["rules"]), str(r.get("documents", 0)), str(r.get("chunks", 0)))
+    out.print(table)
+
+
+@app.command("domain-add")
+def domain_add(
+    spec: Annotated[Path, typer.Argument(help="YAML file: name, description, examples, rules, policy.")],
+    json_out: JsonFlag = False,
+) -> None:
+    """Add (or replace) a user domain; it routes and accepts documents at once."""
+    import yaml
+
+    from twinloop.errors import InvalidInputError
+
+    try:
+        data = yaml.safe_load(spec.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as e:
+        raise InvalidInputError(f"cannot read domain spec {spec}: {e}") from e
+    added = _runtime().domains.add(data)
+    if json_out:
+        _emit_json(added.model_dump(mode="json"))
+    else:
+        out.print(f"domain {added.name!r} added")
 
 
 def main() -> None:

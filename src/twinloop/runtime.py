@@ -61,14 +61,13 @@ class Runtime:
         from twinloop.knowledge.retrieval import Retriever
 
         cfg = self.settings.retrieval
-        return Retriever(self.knowledge, k=cfg.k, tau=cfg.tau)
+        return Retriever(self.knowledge, k=cfg.k, tau=cfg.tau, fusion=cfg.fusion, lexical_weight=cfg.lexical_weight)
 
     @cached_property
     def router(self):
         from twinloop.routing import Router, RouterSpec
 
-        cfg = self.settings.router
-        spec = RouterSpec.from_domains(self.domains.all(), cfg.tau, cfg.secondary_margin, self.embedder.name)
+        spec = RouterSpec.from_domains(self.domains.all(), self.settings.router, self.embedder.name)
         return Router(spec, self.embedder)
 
     def describe(self) -> dict[str, Any]:

@@ -118,15 +118,8 @@ class Document(BaseModel):
         return out
 
     def label(self) -> str:
-        """Short human citation, e.g. "GDPR Art. 17(1)(a)" or "PubMedQA 12345"."""
-        parts = [self.code or self.source or "document"]
-        if self.article:
-            art = self.article if self.article.startswith("§") else f"Art. {self.article}"
-            ref = art + (f"({self.part})" if self.part else "") + (f"({self.clause})" if self.clause else "")
-            parts.append(ref)
-        if self.edition_date:
-            parts.append(f"[{self.edition_date.isoformat()}]")
-        return " ".join(parts)
+        """Short human citation, e.g. "GDPR Art. 17(1)(a) [2016-04-27]" or "PubMedQA 12345"."""
+        return citation_label(self.citation())
 
     @classmethod
     def parse(cls, obj: Any, where: str = "document") -> Document:
@@ -151,6 +144,25 @@ class Document(BaseModel):
             value = first.get("input")
             shown = repr(value) if not isinstance(value, str) or len(value) < 80 else repr(value[:77] + "...")
             raise InvalidInputError(f"{where}: {field} = {shown}: {first['msg']}") from e
+
+
+def article_ref(article: str, jurisdiction: str | None) -> str:
+    """How an article number is printed: "Art. 17" in a legal code (one with a
+    jurisdiction), as given for "§ 4" or "Recital 12", and bare elsewhere ("PubMedQA 12345")."""
+    if jurisdiction and article[:1].isdigit():
+        return f"Art. {article}"
+    return article
+
+
+def citation_label(citation: dict[str, Any]) -> str:
+    """Short human citation from citation metadata (see :meth:`Document.label`)."""
+    out = citation.get("code") or citation.get("source") or "document"
+    if citation.get("article"):
+        out += " " + article_ref(citation["article"], citation.get("jurisdiction"))
+        out += "".join(f"({citation[k]})" for k in ("part", "clause") if citation.get(k))
+    if citation.get("edition_date"):
+        out += f" [{citation['edition_date']}]"
+    return out
 
 
 def documents_from_jsonl(text: str, where: str = "input") -> list[Document]:

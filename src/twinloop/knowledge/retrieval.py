@@ -1,9 +1,11 @@
 """Hybrid retrieval over a view pinned to one index revision (issue 3 points 3 and 4).
 
-Lexical BM25 (SQLite FTS5) and dense cosine (FAISS) each rank the chunks a view may see;
-reciprocal rank fusion (Cormack et al., 2009: score = Σ 1/(60 + rank)) merges the two lists,
-and a floor τ on the dense cosine (paper §4.5, App. A: 0.3) drops passages unrelated to the
-question, so an unanswerable question gets no sources rather than the least bad ones.
+Lexical BM25 (SQLite FTS5) and dense cosine (FAISS) each rank the chunks a view may see, and
+the two lists are fused: by default with relative score fusion (each part's scores min-max
+normalised over its candidates, then a weighted sum), or with reciprocal rank fusion
+(Cormack et al., 2009: Σ 1/(60 + rank)). A floor τ on the dense cosine (paper §4.5, App. A:
+0.3) drops passages unrelated to the question, so an unanswerable question gets no sources
+rather than the least bad ones.
 
 What a view may see: documents visible at its revision, in force on the as-of date (default
 today), and for each (jurisdiction, code, article, part, clause) only the newest edition in
@@ -25,9 +27,11 @@ from typing import Literal
 import numpy as np
 
 from twinloop.errors import InvalidInputError
+from twinloop.knowledge.document import citation_label
 from twinloop.knowledge.store import KnowledgeStore
 
 Mode = Literal["hybrid", "bm25", "dense"]
+Fusion = Literal["relative", "rrf"]
 RRF_K = 60
 """Rank offset of reciprocal rank fusion; 60 is the value of the original paper, robust
 across collections."""
@@ -88,18 +92,6 @@ def fts_query(text: str) -> str | None:
     return " OR ".join(f'"{w}"' for w in words)
 
 
-def label_of(citation: dict) -> str:
-    code = citation.get("code") or citation.get("source") or "document"
-    out = code
-    if citation.get("article"):
-        art = citation["article"]
-        out += " " + (art if art.startswith(("§", "Recital")) else f"Art. {art}")
-        out += "".join(f"({citation[k]})" for k in ("part", "clause") if citation.get(k))
-    if citation.get("edition_date"):
-        out += f" [{citation['edition_date']}]"
-    return out
-
-
 @dataclass(frozen=True)
 class Eligible:
     """Chunk ids a view may return: an array for FAISS's selector, a set for filtering."""
@@ -114,10 +106,13 @@ class Eligible:
 class Retriever:
     """Searches a :class:`KnowledgeStore`; cheap to share between threads."""
 
-    def __init__(self, store: KnowledgeStore, k: int, tau: float) -> None:
+    def __init__(self, store: KnowledgeStore, k: int, tau: float, fusion: Fusion = "relative",
+                 lexical_weight: float = 0.5) -> None:
         self.store = store
         self.k = k
         self.tau = tau
+        self.fusion = fusion
+        self.lexical_weight = lexical_weight
         self._eligible: OrderedDict[tuple, Eligible] = OrderedDict()
         self._eligible_lock = threading.Lock()
 
@@ -184,7 +179,8 @@ class View:
 
     def search(self, query: str, domains: list[str] | str | None = None, *, k: int | None = None,
                as_of: date | str | None = None, jurisdiction: str | None = None, mode: Mode = "hybrid",
-               tau: float | None = None, query_vector: np.ndarray | None = None) -> SearchResult:
+               tau: float | None = None, query_vector: np.ndarray | None = None,
+               fusion: Fusion | None = None) -> SearchResult:
         """Top-k passages for a query across one or more domains.
 
         Args:
@@ -196,6 +192,7 @@ class View:
             mode: ``hybrid`` (default), or one part alone (``bm25``, ``dense``) for comparison.
             tau: Dense-similarity floor (default from config); ignored in ``bm25`` mode.
             query_vector: The query's embedding when the caller already has it (router).
+            fusion: How hybrid mode merges the parts (default from config).
         """
         t0 = time.perf_counter()
         if not isinstance(query, str) or not query.strip():
@@ -208,6 +205,9 @@ class View:
         if not 1 <= k <= 100:
             raise InvalidInputError(f"k must be between 1 and 100, got {k}")
         tau = self.retriever.tau if tau is None else tau
+        fusion = fusion or self.retriever.fusion
+        if fusion not in ("relative", "rrf"):
+            raise InvalidInputError(f"unknown fusion {fusion!r}; use relative or rrf")
         day = parse_date(as_of) if as_of is not None else date.today()
         if isinstance(domains, str):
             domains = [domains]
@@ -223,7 +223,7 @@ class View:
         hits: list[Hit] = []
         t = time.perf_counter()
         for domain in domains:
-            hits.extend(self._search_domain(query, query_vector, domain, k, day, jurisdiction, mode, tau))
+            hits.extend(self._search_domain(query, query_vector, domain, k, day, jurisdiction, mode, tau, fusion))
         timings["search"] = (time.perf_counter() - t) * 1000
         hits.sort(key=lambda h: h.score, reverse=True)
         timings["total"] = (time.perf_counter() - t0) * 1000
@@ -236,7 +236,7 @@ class View:
         ).fetchall()
         return [r[0] for r in rows]
 
-    def _search_domain(self, query, qvec, domain, k, day, jurisdiction, mode, tau) -> list[Hit]:
+    def _search_domain(self, query, qvec, domain, k, day, jurisdiction, mode, tau, fusion) -> list[Hit]:
         allowed = self.retriever.eligible_chunks(domain, self.revision, day, jurisdiction)
         if len(allowed) == 0:
             return []
@@ -257,11 +257,7 @@ class View:
         elif mode == "dense":
             scored = list(dense)
         else:
-            fused: dict[int, float] = {}
-            for ranks in (bm25_rank, dense_rank):
-                for cid, r in ranks.items():
-                    fused[cid] = fused.get(cid, 0.0) + 1.0 / (RRF_K + r)
-            scored = sorted(fused.items(), key=lambda x: x[1], reverse=True)
+            scored = fuse(lexical, dense, fusion, self.retriever.lexical_weight)
         if mode != "bm25":
             missing = [cid for cid, _ in scored[: k * 4] if cid not in cosine]
             if missing and qvec is not None:
@@ -278,7 +274,7 @@ class View:
             citation = json.loads(row["meta"])
             hits.append(Hit(
                 chunk_id=cid, doc_id=row["doc_id"], domain=domain, text=row["text"], citation=citation,
-                label=label_of(citation), score=round(float(s), 6),
+                label=citation_label(citation), score=round(float(s), 6),
                 dense=round(cosine[cid], 4) if cid in cosine else None,
                 bm25=round(bm25_score[cid], 4) if cid in bm25_score else None,
                 dense_rank=dense_rank.get(cid), bm25_rank=bm25_rank.get(cid),
@@ -308,6 +304,27 @@ class View:
             chunk_ids,
         ).fetchall()
         return {r["id"]: dict(r) for r in rows}
+
+
+def fuse(lexical: list[tuple[int, float]], dense: list[tuple[int, float]], method: Fusion,
+         lexical_weight: float) -> list[tuple[int, float]]:
+    """Merge two best-first (chunk id, score) lists into one, best first."""
+    fused: dict[int, float] = {}
+    for weight, part in ((lexical_weight, lexical), (1.0 - lexical_weight, dense)):
+        if not part:
+            continue
+        if method == "rrf":
+            for rank, (cid, _s) in enumerate(part, start=1):
+                fused[cid] = fused.get(cid, 0.0) + 1.0 / (RRF_K + rank)
+        else:
+            values = [s for _c, s in part]
+            lo, hi = min(values), max(values)
+            span = hi - lo
+            for cid, s in part:
+                # A list of one candidate (or ties) normalises to 1: it is that part's best.
+                norm = (s - lo) / span if span > 0 else 1.0
+                fused[cid] = fused.get(cid, 0.0) + weight * norm
+    return sorted(fused.items(), key=lambda x: x[1], reverse=True)
 
 
 def parse_date(value: date | str) -> date:

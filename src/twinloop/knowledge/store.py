@@ -31,7 +31,7 @@ from twinloop.config import RetrievalConfig
 from twinloop.db import Database
 from twinloop.errors import InvalidInputError, UnknownDomainError
 from twinloop.knowledge.chunking import chunk_text
-from twinloop.knowledge.document import Document
+from twinloop.knowledge.document import Document, article_ref
 from twinloop.knowledge.vectors import VectorIndex
 
 log = logging.getLogger(__name__)
@@ -129,7 +129,8 @@ def _dedup_key(doc: Document) -> str:
 
 def search_header(doc: Document) -> str:
     """Citation words searched with every chunk (so "GDPR Article 17" finds Art. 17)."""
-    bits = [doc.code or "", f"Article {doc.article}" if doc.article else "", doc.title or ""]
+    article = article_ref(doc.article, doc.jurisdiction).replace("Art.", "Article") if doc.article else ""
+    bits = [doc.code or "", article, doc.title or ""]
     return " ".join(b for b in bits if b)
 
 

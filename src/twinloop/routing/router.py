@@ -1,16 +1,18 @@
 """Embedding router with keyword rules (paper §4.1, issue 3 point 6).
 
-Each domain's score is the cosine similarity between the query and the domain's prototypes:
-its description and example queries, embedded with the same model as retrieval. A domain
-scores the mean of its three most similar prototypes — measured better on our labelled
-set than a single centroid (examples of a broad domain point in different directions) or
-the single best example (one odd example attracts stray queries); see
-benchmarks/retrieval.py. Domains with score ≥ τ activate, and so does a domain whose
-keyword rule matches; secondary domains must also lie within a margin of the best. When
-nothing activates, the query falls back to ``general``.
+Each domain's similarity is the cosine between the query and the domain's prototypes — its
+description and example queries, embedded with the retrieval model — averaged over the
+three most similar ones (a broad domain's examples point in different directions, so one
+centroid blurs them; a single best example lets one odd example attract stray queries).
+Similarities become confidences by a softmax over all domains, and τ applies to the
+confidence (see ``RouterConfig`` for why). The best domain activates when its confidence
+is ≥ τ, other domains when theirs is ≥ ``secondary_tau``, and any domain whose keyword rule
+matches; rule priority orders them first. When no specialised domain activates, or
+``general`` itself is most likely, the query goes to ``general``.
 
 The router's whole configuration is a :class:`RouterSpec`: plain data, serialised to
 canonical JSON and identified by its SHA-256, because it becomes part of a release.
+benchmarks/retrieval.py measures its accuracy on real labelled queries.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from functools import cached_property
 
 import numpy as np
 
+from twinloop.config import RouterConfig
 from twinloop.domains import FALLBACK_DOMAIN, DomainSpec, KeywordRule
 from twinloop.errors import InvalidInputError
 
@@ -46,13 +49,15 @@ class RouterSpec:
 
     domains: tuple[DomainRoute, ...]
     tau: float
-    secondary_margin: float
+    secondary_tau: float
+    temperature: float
+    min_similarity: float
     fallback: str = FALLBACK_DOMAIN
     embedder: str = "all-MiniLM-L6-v2"
 
     @classmethod
-    def from_domains(cls, specs: dict[str, DomainSpec] | list[DomainSpec], tau: float,
-                     secondary_margin: float, embedder: str = "all-MiniLM-L6-v2") -> RouterSpec:
+    def from_domains(cls, specs: dict[str, DomainSpec] | list[DomainSpec], config: RouterConfig,
+                     embedder: str = "all-MiniLM-L6-v2") -> RouterSpec:
         items = specs.values() if isinstance(specs, dict) else specs
         routes = tuple(
             DomainRoute(s.name, s.description, tuple(s.examples), tuple((r.pattern, r.priority) for r in s.rules))
@@ -61,7 +66,8 @@ class RouterSpec:
         names = {r.name for r in routes}
         if FALLBACK_DOMAIN not in names:
             raise InvalidInputError(f"router needs the fallback domain {FALLBACK_DOMAIN!r}; got {sorted(names)}")
-        return cls(routes, tau, secondary_margin, FALLBACK_DOMAIN, embedder)
+        return cls(routes, config.tau, config.secondary_tau, config.temperature, config.min_similarity,
+                   FALLBACK_DOMAIN, embedder)
 
     def to_json(self) -> str:
         """Canonical JSON: the same configuration always gives the same bytes."""
@@ -74,7 +80,8 @@ class RouterSpec:
             DomainRoute(r["name"], r["description"], tuple(r["examples"]), tuple((p, int(q)) for p, q in r["rules"]))
             for r in d["domains"]
         )
-        return cls(routes, d["tau"], d["secondary_margin"], d["fallback"], d["embedder"])
+        return cls(routes, d["tau"], d["secondary_tau"], d["temperature"], d["min_similarity"], d["fallback"],
+                   d["embedder"])
 
     @cached_property
     def digest(self) -> str:
@@ -97,7 +104,9 @@ class RouteDecision:
     domains: list[str]
     """Activated domains, most relevant first."""
     scores: dict[str, float]
-    """Every domain's similarity score."""
+    """Every domain's confidence (softmax of similarities; sums to 1)."""
+    similarity: dict[str, float] = field(default_factory=dict)
+    """Every domain's cosine similarity to its prototypes."""
     rules: list[RuleMatch] = field(default_factory=list)
     fallback: bool = False
     """True when no domain was confident enough and the query went to ``general``."""
@@ -109,7 +118,7 @@ class RouteDecision:
 
     def to_dict(self) -> dict:
         return {"query": self.query, "domains": self.domains, "primary": self.primary,
-                "scores": self.scores, "fallback": self.fallback,
+                "scores": self.scores, "similarity": self.similarity, "fallback": self.fallback,
                 "rules": [asdict(r) for r in self.rules]}
 
 
@@ -126,38 +135,40 @@ class Router:
             (d.name, re.compile(p, re.IGNORECASE), p, prio) for d in spec.domains for p, prio in d.rules
         ]
 
-    def scores(self, qvec: np.ndarray) -> dict[str, float]:
+    def similarities(self, qvec: np.ndarray) -> dict[str, float]:
+        """Cosine of the query to each domain: mean of its top prototypes."""
         out = {}
         for name, protos in self._protos.items():
             sims = np.sort(protos @ qvec)[::-1]  # (prototypes,)
-            out[name] = round(float(sims[:TOP_PROTOTYPES].mean()), 4)
+            out[name] = float(sims[:TOP_PROTOTYPES].mean())
         return out
 
     def route(self, query: str, query_vector: np.ndarray | None = None) -> RouteDecision:
         """Decide the domains of one query."""
         if not isinstance(query, str) or not query.strip():
             raise InvalidInputError("query must be a non-empty string")
+        spec = self.spec
         qvec = query_vector if query_vector is not None else self.embedder.encode([query])[0]
-        scores = self.scores(qvec)
+        sims = self.similarities(qvec)
+        names = list(sims)
+        raw = np.array([sims[n] for n in names])
+        conf = np.exp((raw - raw.max()) / spec.temperature)
+        conf /= conf.sum()
+        confidence = {n: round(float(c), 4) for n, c in zip(names, conf)}
+        similarity = {n: round(v, 4) for n, v in sims.items()}
         matches = [RuleMatch(n, p, prio) for n, rx, p, prio in self._rules if rx.search(query)]
-        rule_prio = {}
+        rule_prio: dict[str, int] = {}
         for m in matches:
             rule_prio[m.domain] = max(rule_prio.get(m.domain, m.priority), m.priority)
-        fb = self.spec.fallback
-        specialised = {n: s for n, s in scores.items() if n != fb}
-        best = max(specialised.values(), default=0.0)
-        active = {
-            n for n, s in specialised.items()
-            if s >= self.spec.tau and s >= best - self.spec.secondary_margin
-        }
+        fb = spec.fallback
+        ranked = sorted((n for n in names if n != fb), key=lambda n: confidence[n], reverse=True)
+        active: set[str] = set()
+        if ranked and confidence[ranked[0]] >= spec.tau and sims[ranked[0]] >= spec.min_similarity:
+            active = {n for n in ranked if confidence[n] >= spec.secondary_tau and sims[n] >= spec.min_similarity}
         active |= {n for n in rule_prio if n != fb}
-        # general competes like any domain: if it is the most similar, a specialised domain
-        # only stays active on a rule match (an everyday question is not a law question
-        # because it brushed τ).
-        if scores.get(fb, 0.0) > best and scores.get(fb, 0.0) >= self.spec.tau:
-            active = {n for n in active if n in rule_prio}
         if not active:
-            return RouteDecision(query, [fb], scores, matches, fallback=scores.get(fb, 0.0) < self.spec.tau,
-                                 query_vector=qvec)
-        ordered = sorted(active, key=lambda n: (rule_prio.get(n, -(10**9)), scores[n]), reverse=True)
-        return RouteDecision(query, ordered, scores, matches, fallback=False, query_vector=qvec)
+            # Chosen for lack of anything better, not because it looks like an everyday question.
+            low = confidence.get(fb, 0.0) < spec.tau or sims.get(fb, 0.0) < spec.min_similarity
+            return RouteDecision(query, [fb], confidence, similarity, matches, fallback=low, query_vector=qvec)
+        ordered = sorted(active, key=lambda n: (rule_prio.get(n, -(10**9)), confidence[n]), reverse=True)
+        return RouteDecision(query, ordered, confidence, similarity, matches, fallback=False, query_vector=qvec)

@@ -1,0 +1,1 @@
+"""Default domain packs (pack.yaml, seed corpus) and evaluation sets; data only."""
