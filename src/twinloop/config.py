@@ -237,6 +237,47 @@ class RetentionConfig(_Section):
     """Releases older than this may be removed (paper, App. A)."""
 
 
+class ServingConfig(_Section):
+    """The generation engine and answer pipeline (issue 4)."""
+
+    max_batch_size: int = Field(default=8, ge=1, le=256)
+    """Requests generated together; 8 keeps a 2-core CPU's batch latency near one request's
+    while still amortising the weights' memory traffic."""
+    max_wait_ms: float = Field(default=15.0, ge=0.0)
+    """How long the engine waits for more requests before starting a non-full batch; short,
+    because each ms is added to every request's latency."""
+    queue_size: int = Field(default=64, ge=1)
+    """Waiting requests beyond which new ones are refused with 429 and Retry-After."""
+    request_timeout_s: float = Field(default=120.0, gt=0.0)
+    """Deadline of one request from admission, queueing included."""
+    max_new_tokens_limit: int = Field(default=512, ge=1)
+    """Largest ``max_tokens`` a client may ask for."""
+    answer_max_new_tokens: int = Field(default=160, ge=1)
+    """Default answer length of ``/v1/answer``."""
+    follow_index: bool = True
+    """Until release gating (issue 6) pins index revisions, Active reads the newest index
+    revision, so an ingested document is answerable within seconds (paper §6.3)."""
+
+
+class ApiConfig(_Section):
+    """The HTTP service (issue 4)."""
+
+    host: str = "127.0.0.1"
+    """Loopback by default; binding anything else requires API keys."""
+    port: int = Field(default=8080, ge=0, le=65535)
+    api_keys: dict[str, Literal["reader", "operator", "admin"]] = Field(default_factory=dict)
+    """Plain keys mapped to roles, e.g. from ``TWINLOOP_API__API_KEYS='{"k1": "admin"}'``;
+    hashed (SHA-256) as soon as they are loaded and never kept or logged in clear."""
+    api_key_hashes: dict[str, Literal["reader", "operator", "admin"]] = Field(default_factory=dict)
+    """SHA-256 hex digests of keys mapped to roles, for configs that must not hold keys."""
+    rate_limit_per_minute: int = Field(default=120, ge=1)
+    """Requests per key (or per client address without keys) per minute."""
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    """Largest request body (1 MiB): enough for a batch of documents, not for abuse."""
+    max_query_chars: int = Field(default=4000, ge=1)
+    """Longest question or prompt accepted."""
+
+
 class Settings(BaseSettings):
     """All of TwinLoop's settings. Build with :func:`load_settings`."""
 
@@ -261,6 +302,8 @@ class Settings(BaseSettings):
     canary: CanaryConfig = CanaryConfig()
     breaker: BreakerConfig = BreakerConfig()
     retention: RetentionConfig = RetentionConfig()
+    serving: ServingConfig = ServingConfig()
+    api: ApiConfig = ApiConfig()
 
     @field_validator("data_dir")
     @classmethod
