@@ -1,4 +1,4 @@
-""""No source, no claim": markers, invented citations, verbatim quotes."""
+""""No source, no claim": claims, markers, invented citations, verbatim quotes."""
 
 from __future__ import annotations
 
@@ -14,27 +14,42 @@ def hit(text: str, n: int = 0) -> Hit:
 
 
 PASSAGES = [
-    hit("A controller shall notify a personal data breach within 72 hours. Late notice needs reasons.", 1),
-    hit("The data subject has the right to erasure without undue delay.", 2),
+    hit("A controller shall notify a personal data breach to the supervisory authority within 72 hours. "
+        "Late notice needs reasons.", 1),
+    hit("The data subject has the right to obtain erasure of personal data without undue delay.", 2),
 ]
 
+# (name, answer, verified, cited, invalid markers, bad quotes, unsupported claims)
 CASES = [
-    ("cites-valid", "Breaches must be notified within 72 hours [1].", True, [1], [], []),
-    ("cites-two", "Notify within 72 hours [1]; erasure without undue delay [2].", True, [1, 2], [], []),
-    ("no-marker", "Breaches must be notified within 72 hours.", False, [], [], []),
-    ("invented-marker", "Notify within 72 hours [1] and pay a fine [7].", False, [1], [7], []),
-    ("good-quote", 'The rule: "notify a personal data breach within 72 hours" [1].', True, [1], [], []),
-    ("bad-quote", 'The rule: "notify the police within 24 hours" [1].', False, [1], [],
-     ["notify the police within 24 hours"]),
-    ("quote-in-uncited-passage", 'It says "right to erasure without undue delay" [1].', False, [1], [],
-     ["right to erasure without undue delay"]),
+    ("supported-no-marker", "The controller must notify the supervisory authority of a data breach within 72 hours.",
+     True, [1], [], [], 0),
+    ("supported-with-marker", "The controller must notify a personal data breach within 72 hours [1].",
+     True, [1], [], [], 0),
+    ("two-claims-two-sources", "The controller must notify a personal data breach within 72 hours. "
+                               "The data subject can obtain erasure of personal data without undue delay.",
+     True, [1, 2], [], [], 0),
+    ("wrong-number", "The controller must notify a personal data breach within 24 hours.", False, [], [], [], 1),
+    ("unsupported-addition", "The controller must notify a personal data breach within 72 hours. "
+                             "This mandatory period is set out in Article 55 of the Regulation.",
+     False, [1], [], [], 1),
+    ("invented-marker", "The controller must notify a personal data breach within 72 hours [7].",
+     False, [1], [7], [], 0),
+    ("marker-to-wrong-passage", "The controller must notify a personal data breach within 72 hours [2].",
+     False, [], [], [], 1),
+    ("good-quote", 'The rule: "notify a personal data breach to the supervisory authority" within 72 hours.',
+     True, [1], [], [], 0),
+    ("bad-quote", 'The rule says "notify the police within 72 hours" for every personal data breach.',
+     False, [1], [], ["notify the police within 72 hours"], 0),
+    ("nothing-claimed", "I do not know.", False, [], [], [], 0),
 ]
 
 
-@pytest.mark.parametrize(("name", "answer", "ok", "cited", "invalid", "bad"), CASES, ids=[c[0] for c in CASES])
-def test_check(name, answer, ok, cited, invalid, bad):
+@pytest.mark.parametrize(("name", "answer", "ok", "cited", "invalid", "bad", "unsupported"), CASES,
+                         ids=[c[0] for c in CASES])
+def test_check(name, answer, ok, cited, invalid, bad, unsupported):
     v = verify.check(answer, PASSAGES)
-    assert (v.verified, v.cited, v.invalid_markers, v.bad_quotes) == (ok, cited, invalid, bad)
+    assert (v.verified, v.cited, v.invalid_markers, v.bad_quotes, len(v.unsupported)) == (
+        ok, cited, invalid, bad, unsupported), v.reason
     assert (v.reason == "ok") == ok
 
 

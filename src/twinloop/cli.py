@@ -346,6 +346,26 @@ def domain_add(
         out.print(f"domain {added.name!r} added")
 
 
+# -- serving (issue 4) ------------------------------------------------------------------------
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Address to bind (default api.host: 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default api.port: 8080).")] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="YAML settings file (overrides the global --config).")
+    ] = None,
+) -> None:
+    """Serve the HTTP API (native and OpenAI-compatible) until interrupted; logs JSON lines.
+
+    A non-loopback --host needs API keys (api.api_keys or api.api_key_hashes).
+    """
+    from twinloop.api.server import serve as run_server
+
+    run_server(config or _state.config_path, _state.data_dir, host=host, port=port)
+
+
 def main() -> None:
     """Console-script entry: run the app, turning user errors into one line and exit 2."""
     try:

@@ -16,7 +16,14 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LogitsProcessorList,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    RepetitionPenaltyLogitsProcessor,
+)
 
 from twinloop.config import FoundationConfig
 from twinloop.datadir import DataDir
@@ -160,6 +167,16 @@ class Foundation:
 
     # -- generation --------------------------------------------------------------------------
 
+    def repetition_processors(self, prompt_width: int) -> LogitsProcessorList:
+        """The repetition penalty, applied to generated tokens only: penalising the prompt
+        would push the model away from quoting its sources and from the end-of-turn token,
+        which the chat template repeats after every turn."""
+        procs = LogitsProcessorList()
+        if self.config.repetition_penalty != 1.0:
+            procs.append(RepetitionPenaltyLogitsProcessor(self.config.repetition_penalty,
+                                                          prompt_ignore_length=prompt_width))
+        return procs
+
     def chat(
         self,
         chat: Chat,
@@ -211,15 +228,12 @@ class Foundation:
             raise InvalidInputError(f"temperature must be >= 0, got {temperature}")
         rows = [self.encode_chat(c, system) for c in chats]
         pad = self.tokenizer.pad_token_id
-        width = max(len(r) for r in rows)
-        input_ids = torch.full((len(rows), width), pad, dtype=torch.long)  # (batch, seq)
-        attention = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):
-            input_ids[i, width - len(r) :] = torch.tensor(r, dtype=torch.long)
-            attention[i, width - len(r) :] = 1
+        input_ids, attention = left_pad(rows, pad)
+        width = input_ids.shape[1]
         sampling = temperature > 0
         kwargs = dict(
             max_new_tokens=max_new,
+            logits_processor=self.repetition_processors(width),
             do_sample=sampling,
             eos_token_id=self.stop_token_ids,
             pad_token_id=pad,
@@ -229,6 +243,8 @@ class Foundation:
         else:
             # Unset sampling knobs a model's generation_config may carry, so greedy is greedy.
             kwargs.update(temperature=None, top_p=None, top_k=None)
+        if "logits_processor" in generate_kwargs:
+            kwargs["logits_processor"].extend(generate_kwargs.pop("logits_processor"))
         kwargs.update(generate_kwargs)
         start = time.perf_counter()
         with torch.random.fork_rng(), torch.inference_mode():
@@ -248,6 +264,21 @@ class Foundation:
             text = self.tokenizer.decode(new, skip_special_tokens=True).strip()
             results.append(Generation(text, len(r), len(new), finish, seconds))
         return results
+
+
+def left_pad(rows: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad token rows so every prompt ends at the same column (decoder-only batching).
+
+    Returns:
+        input_ids and attention_mask, both (batch, width) long tensors.
+    """
+    width = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), width), pad, dtype=torch.long)  # (batch, seq)
+    attention = torch.zeros((len(rows), width), dtype=torch.long)  # (batch, seq)
+    for i, r in enumerate(rows):
+        input_ids[i, width - len(r) :] = torch.tensor(list(r), dtype=torch.long)
+        attention[i, width - len(r) :] = 1
+    return input_ids, attention
 
 
 def _load_gguf(config: FoundationConfig, data_dir: DataDir) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, LoadInfo]:

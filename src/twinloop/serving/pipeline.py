@@ -10,6 +10,7 @@ callers.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -160,6 +161,7 @@ class AnswerPipeline:
             release_id=prep.release.id, adapter=prep.gen.adapter, timings_ms=timings,
             prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
             finish_reason=result.finish_reason, index_revision=prep.index_revision, as_of=prep.as_of,
+            verification=check.reason if check is not None else "no passage was retrieved",
             retrieved=[{"n": i, "label": h.label, "uri": h.citation.get("uri"), "domain": h.domain,
                         "score": h.score} for i, h in enumerate(prep.passages, start=1)],
         )
@@ -178,25 +180,29 @@ class AnswerPipeline:
         return self.finish(prep, engine.submit(prep.gen).result())
 
     async def answer_async(self, req: AnswerRequest, release: ServingRelease, engine) -> AnswerRecord:
-        prep = self.prepare(req, release)
-        return self.finish(prep, await engine.submit(prep.gen).aresult())
+        # Embedding, search and the SQLite write block; keep them off the event loop.
+        prep = await asyncio.to_thread(self.prepare, req, release)
+        result = await engine.submit(prep.gen).aresult()
+        return await asyncio.to_thread(self.finish, prep, result)
 
     async def answer_stream(self, prep: Prepared, engine) -> AsyncIterator[dict]:
         """Events for SSE: ``meta`` (routing and retrieved passages), ``delta`` (text as it is
         generated), then ``answer`` (the verified record; its text may carry the UNVERIFIED
         notice, which can only be known once the whole answer is there)."""
+        # Submit before the first event, so a full queue surfaces as an error the API can
+        # still turn into a 429 before any byte of the response is sent.
+        pending = engine.submit(prep.gen)
         yield {"type": "meta", "request_id": prep.request.request_id, "release_id": prep.release.id,
                "domains": prep.domains, "router_scores": prep.scores,
                "retrieved": [{"n": i, "label": h.label, "uri": h.citation.get("uri")}
                              for i, h in enumerate(prep.passages, start=1)]}
-        pending = engine.submit(prep.gen)
         try:
             async for delta in pending.astream():
                 yield {"type": "delta", "text": delta}
         except BaseException:
             pending.cancel()
             raise
-        record = self.finish(prep, await pending.aresult())
+        record = await asyncio.to_thread(self.finish, prep, await pending.aresult())
         yield {"type": "answer", "record": record.to_dict()}
 
 

@@ -127,17 +127,16 @@ class Service:
     # -- adapters ----------------------------------------------------------------------------
 
     def list_adapters(self) -> list[dict[str, Any]]:
-        info = self.adapters.info()
-        return [{"name": name, **{k: (str(v) if isinstance(v, Path) else v) for k, v in meta.items()}}
-                for name, meta in info.items()]
+        return [meta.to_dict() for meta in self.adapters.info().values()]
 
-    def load_adapter(self, name: str, path: str) -> None:
-        self.adapters.load(name, Path(path))
+    def load_adapter(self, name: str, path: str) -> dict[str, Any]:
+        return self.adapters.load(name, Path(path)).to_dict()
 
     def remove_adapter(self, name: str) -> None:
+        """Unload an adapter once its in-flight requests finish (TimeoutError if they don't)."""
         if any(name == a for a in self.active.adapters.values()):
             raise InvalidInputError(f"adapter {name!r} is used by the Active release; swap first")
-        self.adapters.unload(name)
+        self.adapters.unload(name, timeout=self.settings.serving.request_timeout_s)
 
     # -- introspection -----------------------------------------------------------------------
 

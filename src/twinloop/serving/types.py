@@ -84,6 +84,7 @@ class AnswerRecord:
     the domain does not require citations."""
     status: Literal["verified", "unverified", "not_required", "no_sources"]
     citations: list[Citation]
+    """Retrieved passages that support the answer's claims (never anything else)."""
     domains: list[str]
     router_scores: dict[str, float]
     release_id: str
@@ -95,6 +96,8 @@ class AnswerRecord:
     finish_reason: str = "stop"
     index_revision: int | None = None
     as_of: str | None = None
+    verification: str = ""
+    """Why the answer is (not) verified, e.g. "2 of 3 claims have no supporting source"."""
     retrieved: list[dict[str, Any]] = field(default_factory=list)
     """Every passage in the prompt (number, label, uri), cited or not."""
 

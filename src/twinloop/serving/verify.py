@@ -1,17 +1,21 @@
-""""No source, no claim": checking an answer's citations against what was retrieved.
+""""No source, no claim": checking an answer against the passages actually retrieved.
 
 Issue 4 point 2, DESIGN.md "Serving". An answer in a domain that requires citations is
 verified only when
 
-- it cites at least one passage with a ``[n]`` marker,
-- every marker points at a passage that was actually in the prompt (a ``[7]`` when five
-  passages were retrieved is an invented citation), and
-- every quotation it makes (text in double quotes, 12+ characters) appears verbatim,
-  whitespace aside, in one of the cited passages.
+- every claim (sentence of 4+ content words) is supported by a retrieved passage: most of
+  its content words (``SUPPORT``) and every number in it occur in that passage — so "within
+  72 hours" is supported by Art. 33(1) and "set out in Article 55" is not;
+- every ``[n]`` marker the model wrote points at a passage that was in the prompt (a ``[7]``
+  when five were retrieved is an invented citation) and supports that claim; and
+- every quotation (text in double quotes, 12+ characters) appears verbatim, whitespace
+  aside, in a passage.
 
-Otherwise it is UNVERIFIED and says so in plain words. Citations are built only from
-retrieved passages, so none can be invented; each carries a verbatim quote: the passage's
-sentence that shares the most words with the answer.
+Otherwise it is UNVERIFIED and says so in plain words. The answer's citations are the
+passages that support its claims — attributed by this check, since a small model rarely
+writes markers itself — so a citation can only ever name a retrieved passage that contains
+what it is cited for. Each carries a verbatim quote: the passage's sentence that shares the
+most words with the answer.
 """
 
 from __future__ import annotations
@@ -36,24 +40,43 @@ NO_SOURCE_NOTICE = (
 )
 
 
+SUPPORT = 0.6
+"""Share of a claim's content words that must occur in one passage for it to count as
+supported; below about half, paraphrase and unsupported additions become indistinguishable."""
+MIN_CLAIM_WORDS = 4
+_NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
+STOPWORDS = frozenset(
+    "a an the and or but if of to in on at by for with from as is are was were be been being it its this "
+    "that these those there their they them he she his her we you your our i me my not no yes do does did "
+    "can could may might must shall should will would has have had which who whom what when where why how "
+    "also such than then so very into about under over any all each other more most some only own same "
+    "der die das und oder ein eine nicht ist sind zu von mit".split()
+)
+
+
 @dataclass(frozen=True)
 class Verification:
     verified: bool
     cited: list[int]
-    """Passage numbers the answer cites that exist (1-based, in order of first mention)."""
+    """Passages supporting the answer's claims (1-based), in order of first use."""
     invalid_markers: list[int]
     """Markers pointing at no retrieved passage."""
     bad_quotes: list[str]
-    """Quoted text found in none of the cited passages."""
+    """Quoted text found in no passage."""
+    unsupported: list[str]
+    """Claims no retrieved passage supports."""
+    claims: int = 0
 
     @property
     def reason(self) -> str:
         if self.invalid_markers:
             return f"cites passages that were not retrieved: {self.invalid_markers}"
         if self.bad_quotes:
-            return "quotes text that is not in the cited passages"
+            return "quotes text that is not in the passages"
+        if self.unsupported:
+            return f"{len(self.unsupported)} of {self.claims} claims have no supporting source"
         if not self.cited:
-            return "cites no retrieved passage"
+            return "no claim is supported by a retrieved passage"
         return "ok"
 
 
@@ -61,18 +84,48 @@ def _norm(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip().casefold()
 
 
+def _content(text: str) -> set[str]:
+    return {w.casefold() for w in _WORD.findall(text) if w.casefold() not in STOPWORDS and not w.isdigit()}
+
+
+def _supports(claim: str, passage_words: set[str], passage_text: str) -> bool:
+    words = _content(claim)
+    if not words:
+        return True
+    numbers = _NUMBER.findall(MARKER.sub("", claim))
+    if any(n not in passage_text for n in numbers):
+        return False
+    return len(words & passage_words) / len(words) >= SUPPORT
+
+
+def claims_of(answer: str) -> list[str]:
+    """Sentences with enough content words to assert something."""
+    return [s.strip() for s in _SENTENCE.split(answer)
+            if len(_content(MARKER.sub("", s))) >= MIN_CLAIM_WORDS]
+
+
 def check(answer: str, passages: list[Hit]) -> Verification:
-    """Check an answer's ``[n]`` markers and quotes against the numbered passages."""
+    """Check an answer's claims, ``[n]`` markers and quotes against the numbered passages."""
+    invalid = sorted({int(m.group(1)) for m in MARKER.finditer(answer)
+                      if not 1 <= int(m.group(1)) <= len(passages)})
+    texts = [p.text for p in passages]
+    words = [_content(t) for t in texts]
     cited: list[int] = []
-    invalid: list[int] = []
-    for m in MARKER.finditer(answer):
-        n = int(m.group(1))
-        target = cited if 1 <= n <= len(passages) else invalid
-        if n not in target:
-            target.append(n)
-    sources = [_norm(passages[n - 1].text) for n in cited]
+    unsupported: list[str] = []
+    claims = claims_of(answer)
+    for claim in claims:
+        marked = [int(m.group(1)) for m in MARKER.finditer(claim) if 1 <= int(m.group(1)) <= len(passages)]
+        # A claim with markers must be supported by a passage it cites; one without by any.
+        candidates = marked or range(1, len(passages) + 1)
+        support = next((n for n in candidates if _supports(claim, words[n - 1], texts[n - 1])), None)
+        if support is None:
+            unsupported.append(claim)
+        elif support not in cited:
+            cited.append(support)
+    sources = [_norm(t) for t in texts]
     bad = [q for q in (m.group(1) for m in QUOTED.finditer(answer)) if not any(_norm(q) in s for s in sources)]
-    return Verification(bool(cited) and not invalid and not bad, cited, invalid, bad)
+    ok = bool(cited) and not invalid and not bad and not unsupported
+    return Verification(ok, cited, invalid, bad, unsupported, len(claims))
 
 
 def best_quote(passage: str, answer: str, max_chars: int = 300) -> str:

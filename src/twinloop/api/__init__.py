@@ -1,0 +1,5 @@
+"""The HTTP API: native routes, OpenAI-compatible routes, keys, limits, metrics (issue 4)."""
+
+from twinloop.api.app import create_app
+
+__all__ = ["create_app"]

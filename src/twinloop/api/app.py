@@ -1,0 +1,97 @@
+"""The FastAPI app of one serving process (issue 4 points 5–7).
+
+``create_app`` wires the pieces: keys and rate limits (``auth``, ``ratelimit``, ``deps``),
+errors in OpenAI's shape (``errors``), request ids, access log and body limit
+(``middleware``), metrics (``metrics``) and the routes (``routes``, ``openai_compat``).
+The app's lifespan starts and stops the :class:`Service` (its engine drains on shutdown).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.concurrency import run_in_threadpool
+
+from twinloop import __version__
+from twinloop.api import errors
+from twinloop.api.auth import AuthFailure, KeyStore, check_bind
+from twinloop.api.metrics import ApiMetrics, EngineObserver
+from twinloop.api.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from twinloop.api.ratelimit import RateLimiter
+from twinloop.config import Settings
+from twinloop.serving.service import Service
+
+log = logging.getLogger("twinloop.api")
+
+DESCRIPTION = """\
+TwinLoop's serving API: cited answers from the Active release (`/v1/answer`), plain
+generation, OpenAI-compatible chat completions (model `twinloop` or `twinloop:<domain>`),
+feedback and document intake for the learning loop, adapter management and metrics.
+
+Send an API key as `Authorization: Bearer <key>` or `X-API-Key: <key>`. Roles: **reader**
+(answer, generate, chat, models, info, metrics), **operator** (+ feedback, ingest),
+**admin** (+ `/v1/lora`). Errors use OpenAI's shape `{"error": {message, type, param, code}}`.
+"""
+
+
+def audit_auth_failure(metrics: ApiMetrics, failure: AuthFailure) -> None:
+    """Every refused request passes here once: count it and log it (key hash prefix only).
+
+    The one place to hook the audit log into (issue 6's release actions will want it).
+    """
+    metrics.auth_failures.labels(reason=failure.reason).inc()
+    log.warning("auth failure", extra={"request_id": failure.request_id, "reason": failure.reason,
+                                       "route": failure.route, "key": failure.key_id, "required": failure.required})
+
+
+def create_app(service: Service, settings: Settings | None = None) -> FastAPI:
+    """Build the HTTP app around a service.
+
+    Args:
+        service: The serving facade; the app's lifespan starts and stops it.
+        settings: Settings whose ``api`` section applies (default: the service's own).
+
+    Raises:
+        ConfigError: No API key is configured and ``api.host`` is not a loopback address,
+            or a configured key (hash) is malformed.
+    """
+    settings = settings or service.settings
+    api = settings.api
+    check_bind(api)
+    metrics = ApiMetrics()
+    keys = KeyStore(api, on_failure=lambda f: audit_auth_failure(metrics, f))
+    if keys.open:
+        log.warning("no API keys configured: the API is open to every local process", extra={"host": api.host})
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await run_in_threadpool(service.start)
+        log.info("serving", extra={"release": service.active.id, "version": __version__})
+        try:
+            yield
+        finally:
+            await run_in_threadpool(service.stop)  # drains queued requests first
+
+    app = FastAPI(title="TwinLoop", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    app.state.service = service
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.keys = keys
+    app.state.limiter = RateLimiter(api.rate_limit_per_minute)
+
+    metrics.watch_queue(service.engine.queue_depth)
+    service.engine.add_observer(EngineObserver(metrics))
+    errors.install(app)
+
+    from twinloop.api import openai_compat, routes
+
+    app.include_router(routes.router)
+    app.include_router(openai_compat.router)
+    # Added last = outermost: every response, a 413 or a 500 included, gets a request id,
+    # an access-log line and a latency observation.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=api.max_body_bytes, metrics=metrics)
+    app.add_middleware(RequestContextMiddleware, metrics=metrics, release=lambda: service.active.id)
+    return app

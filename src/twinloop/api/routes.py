@@ -1,0 +1,220 @@
+"""The native routes (issue 4 point 5): translate HTTP to :class:`Service` calls, nothing more.
+
+Roles (issue 4 point 6): ``reader`` answers, generates, reads info and metrics; ``operator``
+also gives feedback and ingests; ``admin`` also manages adapters. Health needs no key.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from dataclasses import asdict
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.concurrency import run_in_threadpool
+
+from twinloop.api.auth import Principal
+from twinloop.api.deps import GuardedRoute, require, service
+from twinloop.api.errors import ApiError
+from twinloop.api.metrics import CONTENT_TYPE, domain_label
+from twinloop.api.schemas import (
+    AnswerBody,
+    FeedbackBody,
+    FeedbackResult,
+    GenerateBody,
+    GenerateResult,
+    IngestBody,
+    IngestResult,
+    LoraBody,
+)
+from twinloop.api.streaming import prefetch, sse, sse_response
+from twinloop.errors import ModelLoadError
+from twinloop.serving.pipeline import AnswerRequest
+from twinloop.serving.service import Service
+from twinloop.serving.types import GenResult, new_request_id
+
+router = APIRouter(route_class=GuardedRoute)
+
+
+def record_id(request: Request) -> str:
+    """The id the request log stores this request under.
+
+    The HTTP request id when the server made it; a fresh one when the client sent its own
+    ``X-Request-ID``, since client ids need not be unique and the log is keyed by this id.
+    """
+    state = request.state
+    if not getattr(state, "record_id", None):
+        state.record_id = new_request_id() if state.request_id_from_client else state.request_id
+    return state.record_id
+
+
+def check_max_tokens(value: int | None, svc: Service) -> None:
+    """Refuse a ``max_tokens`` over ``ServingConfig.max_new_tokens_limit`` (issue 4 point 6)."""
+    limit = svc.settings.serving.max_new_tokens_limit
+    if value is not None and value > limit:
+        raise ApiError(422, f"max_tokens = {value}: over this server's limit of {limit}", code="max_tokens_exceeded",
+                       param="max_tokens")
+
+
+def answer_request(body: AnswerBody, request: Request) -> AnswerRequest:
+    return AnswerRequest(query=body.query, user_id=body.user_id, session_id=body.session_id, domain=body.domain,
+                         as_of=body.as_of, jurisdiction=body.jurisdiction, max_tokens=body.max_tokens,
+                         request_id=record_id(request))
+
+
+@router.post("/v1/answer", tags=["answer"], summary="Answer a question with citations (JSON or SSE)")
+async def answer(body: AnswerBody, request: Request, svc: Service = Depends(service),
+                 _: Principal = Depends(require("reader"))) -> Any:
+    """Route, retrieve, generate and verify; returns the answer record.
+
+    With ``stream: true`` the response is ``text/event-stream``: a ``meta`` event (domains,
+    retrieved passages), ``delta`` events with the text as it is generated, an ``answer``
+    event with the verified record, then ``data: [DONE]``.
+    """
+    check_max_tokens(body.max_tokens, svc)
+    req = answer_request(body, request)
+    metrics = request.app.state.metrics
+    if not body.stream:
+        record = await svc.answer_async(req)
+        label_request(request, record.release_id, record.domains)
+        metrics.observe_record(record)
+        return record.to_dict()
+
+    prep = await run_in_threadpool(svc.prepare_stream, req)
+    label_request(request, prep.release.id, prep.domains)
+    events = svc.answer_stream(prep)
+    head = await prefetch(events, 1)  # the engine admits before the first event (queue full → 429)
+
+    async def body_bytes() -> AsyncIterator[bytes]:
+        for event in head:
+            yield _answer_event(event, metrics)
+        async for event in events:
+            yield _answer_event(event, metrics)
+
+    return sse_response(body_bytes(), req.request_id, metrics)
+
+
+def _answer_event(event: dict[str, Any], metrics) -> bytes:
+    if event.get("type") == "answer":
+        metrics.observe_record(event["record"])
+    return sse(event)
+
+
+def label_request(request: Request, release: str, domains: list[str] | None) -> None:
+    """Labels for the access log and the latency histogram."""
+    request.state.release = release
+    request.state.domain = domain_label(domains)
+
+
+@router.post("/v1/generate", tags=["answer"], response_model=GenerateResult,
+             summary="Plain generation, no retrieval (JSON or SSE)")
+async def generate(body: GenerateBody, request: Request, svc: Service = Depends(service),
+                   _: Principal = Depends(require("reader"))) -> Any:
+    """Generate from a prompt with the base model, or a domain's adapter with ``domain``.
+
+    With ``stream: true``: ``delta`` events, then a ``result`` event with the fields of the
+    JSON response, then ``data: [DONE]``.
+    """
+    check_max_tokens(body.max_tokens, svc)
+    started = time.perf_counter()
+    rid = record_id(request)
+    pending = svc.submit_generate([{"role": "user", "content": body.prompt}], max_tokens=body.max_tokens,
+                                  temperature=body.temperature, seed=body.seed, domain=body.domain,
+                                  session_id=body.session_id, user_id=body.user_id, request_id=rid)
+    label_request(request, svc.active.id, [body.domain] if body.domain else [])
+    metrics = request.app.state.metrics
+
+    async def finish(result: GenResult) -> dict[str, Any]:
+        total_ms = (time.perf_counter() - started) * 1000
+        await run_in_threadpool(lambda: svc.log_generation(
+            request_id=rid, kind="generate", prompt=body.prompt, text=result.text, domain=body.domain,
+            session_id=body.session_id, user_id=body.user_id, adapter=result.adapter, latency_ms=total_ms))
+        metrics.completion_tokens.labels(kind="generate").inc(result.completion_tokens)
+        return GenerateResult(
+            request_id=rid, text=result.text, prompt_tokens=result.prompt_tokens,
+            completion_tokens=result.completion_tokens, finish_reason=result.finish_reason,
+            timings={"queue_ms": round(result.queue_seconds * 1000, 3),
+                     "generate_ms": round(result.generate_seconds * 1000, 3), "total_ms": round(total_ms, 3)},
+        ).model_dump()
+
+    if not body.stream:
+        return await finish(await pending.aresult())
+
+    deltas = pending.astream()
+    head = await prefetch(deltas, 1)
+
+    async def body_bytes() -> AsyncIterator[bytes]:
+        try:
+            for text in head:
+                yield sse({"type": "delta", "text": text})
+            async for text in deltas:
+                yield sse({"type": "delta", "text": text})
+        except BaseException:
+            pending.cancel()  # the client went away or the stream failed: free the engine slot
+            raise
+        yield sse({"type": "result", **(await finish(await pending.aresult()))})
+
+    return sse_response(body_bytes(), rid, metrics)
+
+
+@router.post("/v1/feedback", tags=["learning"], status_code=201, response_model=FeedbackResult,
+             summary="Rate an answer (stored with the request it refers to)")
+def feedback(body: FeedbackBody, svc: Service = Depends(service),
+             who: Principal = Depends(require("operator"))) -> Any:
+    """Store feedback joined to the request log; 404 if ``request_id`` was never answered here."""
+    return asdict(svc.feedback(body.request_id, body.score, body.correction, actor=who.key_id))
+
+
+@router.post("/v1/ingest", tags=["learning"], response_model=IngestResult,
+             summary="Add documents to a domain's index (one new revision)")
+def ingest(body: IngestBody, request: Request, svc: Service = Depends(service),
+           who: Principal = Depends(require("operator"))) -> Any:
+    """Validate every document first (a bad one → 422 naming its index and field), then add
+    them as one index revision; duplicates are skipped. Unknown domain → 422."""
+    request.state.domain = domain_label([body.domain]) if body.domain in svc.runtime.domains.names() else "none"
+    return asdict(svc.ingest(body.domain, body.documents, actor=who.key_id))
+
+
+@router.get("/v1/health", tags=["service"], summary="Liveness (no key needed)")
+def health(svc: Service = Depends(service)) -> dict[str, Any]:
+    return svc.health()
+
+
+@router.get("/v1/info", tags=["service"], summary="Model, release, domains, adapters, engine")
+def info(svc: Service = Depends(service), _: Principal = Depends(require("reader"))) -> dict[str, Any]:
+    return svc.info()
+
+
+@router.get("/metrics", tags=["service"], summary="Prometheus metrics (text format)",
+            response_class=Response)
+def metrics(request: Request, _: Principal = Depends(require("reader"))) -> Response:
+    return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE)
+
+
+@router.get("/v1/lora", tags=["adapters"], summary="Resident LoRA adapters")
+def lora_list(svc: Service = Depends(service), _: Principal = Depends(require("admin"))) -> dict[str, Any]:
+    return {"object": "list", "data": svc.list_adapters()}
+
+
+@router.post("/v1/lora", tags=["adapters"], summary="Load or reload an adapter from a folder on the server")
+def lora_load(body: LoraBody, svc: Service = Depends(service),
+              _: Principal = Depends(require("admin"))) -> dict[str, Any]:
+    """Load ``path`` (a PEFT adapter folder on the server) as ``name``; an adapter already
+    resident under that name is replaced only once the new weights have loaded."""
+    try:
+        svc.load_adapter(body.name, body.path)
+    except ModelLoadError as e:  # here a bad folder named by the caller, not a server fault
+        raise ApiError(422, str(e), code="invalid_adapter", param="path") from e
+    return {"name": body.name, "path": body.path, "loaded": True}
+
+
+@router.delete("/v1/lora/{name}", tags=["adapters"], summary="Unload an adapter")
+def lora_delete(name: str, svc: Service = Depends(service),
+                _: Principal = Depends(require("admin"))) -> dict[str, Any]:
+    """Unload once no admitted request holds it; 422 for an unknown name or one Active uses."""
+    try:
+        svc.remove_adapter(name)
+    except TimeoutError as e:  # still held by in-flight requests
+        raise ApiError(409, str(e), code="adapter_in_use", param="name") from e
+    return {"name": name, "deleted": True}

@@ -1,0 +1,84 @@
+"""Request and response bodies of the native routes (issue 4 point 5).
+
+Unknown fields are refused (a typo such as ``max_token`` must not be silently ignored); the
+OpenAI-compatible bodies in ``openai_compat.py`` are lenient instead, as clients send fields
+we do not use.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class AnswerBody(_Body):
+    query: str = Field(min_length=1, description="The question.")
+    user_id: str | None = Field(default=None, max_length=200,
+                                description="Stored only as a salted hash; drives the canary split.")
+    session_id: str | None = Field(default=None, max_length=200)
+    domain: str | None = Field(default=None, max_length=64, description="Force this domain instead of routing.")
+    as_of: str | None = Field(default=None, max_length=32, description="ISO date: the law in force that day.")
+    jurisdiction: str | None = Field(default=None, max_length=50)
+    max_tokens: int | None = Field(default=None, ge=1)
+    stream: bool = Field(default=False, description="Server-sent events: meta, delta..., answer, [DONE].")
+
+
+class GenerateBody(_Body):
+    prompt: str = Field(min_length=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    temperature: float = Field(default=0.0, ge=0.0, le=2.0, description="0 = greedy.")
+    seed: int | None = None
+    session_id: str | None = Field(default=None, max_length=200)
+    user_id: str | None = Field(default=None, max_length=200)
+    domain: str | None = Field(default=None, max_length=64, description="Generate with this domain's adapter.")
+    stream: bool = False
+
+
+class GenerateResult(BaseModel):
+    request_id: str
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str
+    timings: dict[str, float]
+    """queue_ms, generate_ms, total_ms."""
+
+
+class FeedbackBody(_Body):
+    request_id: str = Field(min_length=1, max_length=100)
+    score: float = Field(ge=-1.0, le=1.0, description="-1 (bad) to 1 (good).")
+    correction: str | None = Field(default=None, max_length=8000)
+
+
+class FeedbackResult(BaseModel):
+    id: int
+    request_id: str
+    score: float
+    correction: str | None
+    created_at: str
+
+
+class IngestBody(_Body):
+    domain: str = Field(min_length=1, max_length=64)
+    documents: list[dict[str, Any]] = Field(
+        min_length=1, description="Objects with ``text`` and citation metadata, as in the JSONL format.")
+
+
+class IngestResult(BaseModel):
+    domain: str
+    revision: int | None
+    added: int
+    skipped_duplicates: int
+    chunks: int
+    seconds: float
+
+
+class LoraBody(_Body):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._@:+-]{0,127}$",
+                      description="Resident adapter name, e.g. law@rel_ab12.")
+    path: str = Field(min_length=1, max_length=4096, description="Folder of a PEFT adapter on the server.")

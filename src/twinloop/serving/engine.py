@@ -1,0 +1,747 @@
+"""The generation engine: one worker thread turning waiting requests into mixed-adapter batches.
+
+Issue 4 point 4, DESIGN.md "Generation". Callers ``submit`` a :class:`GenRequest` and get a
+:class:`Pending` handle at once (prompt already encoded, adapter already held); the worker
+takes the oldest waiting request, waits up to ``max_wait_ms`` for more that share its sampling
+mode, and runs them as ONE ``generate`` call with a per-row ``adapter_names`` list (``__base__``
+for none). Rows may differ in adapter and ``max_new_tokens``: a per-row stopping criterion ends
+each at its own limit, deadline or cancellation, and a per-row streamer hands out text deltas
+as tokens arrive, so a row that ends early is answered before the batch finishes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Iterator
+from typing import Any, Literal
+
+import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers.generation.streamers import BaseStreamer
+
+from twinloop.config import ServingConfig
+from twinloop.errors import InvalidInputError, TwinLoopError
+from twinloop.foundation.model import left_pad
+from twinloop.serving.adapters import AdapterRegistry
+from twinloop.serving.types import BASE_ADAPTER, GenRequest, GenResult
+
+log = logging.getLogger(__name__)
+
+FinishReason = Literal["stop", "length", "timeout", "cancelled"]
+_SWEEP_INTERVAL_S = 0.05
+"""How often a running batch looks for queued requests whose deadline passed, so they are
+answered "timeout" near their deadline rather than when the batch ends."""
+
+
+class QueueFullError(TwinLoopError):
+    """The engine's queue is full; try again after ``retry_after_s`` seconds (HTTP 429)."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class EngineStoppedError(TwinLoopError):
+    """The engine was stopped and takes no more requests (HTTP 503)."""
+
+
+class _Detokenizer:
+    """Incremental decoding that never splits a multi-byte character.
+
+    The offsets trick of text-generation-inference: decode a short window ending at the new
+    token and emit only what extends the previous window's text, holding back while the
+    text ends in U+FFFD (an incomplete UTF-8 sequence). Work per token is O(window), not
+    O(answer) as re-decoding everything would be.
+    """
+
+    def __init__(self, tokenizer: Any) -> None:
+        self._tok = tokenizer
+        self.ids: list[int] = []
+        self._prefix = 0
+        self._read = 0
+
+    def _decode(self, ids: list[int]) -> str:
+        return self._tok.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+    def push(self, token: int) -> str:
+        self.ids.append(token)
+        prefix_text = self._decode(self.ids[self._prefix : self._read])
+        new_text = self._decode(self.ids[self._prefix :])
+        if len(new_text) > len(prefix_text) and not new_text.endswith("\ufffd"):
+            self._prefix, self._read = self._read, len(self.ids)
+            return new_text[len(prefix_text) :]
+        return ""
+
+    def flush(self) -> str:
+        """Whatever is held back (e.g. a truncated character) at the end of the answer."""
+        prefix_text = self._decode(self.ids[self._prefix : self._read])
+        new_text = self._decode(self.ids[self._prefix :])
+        self._prefix = self._read = len(self.ids)
+        return new_text[len(prefix_text) :] if len(new_text) > len(prefix_text) else ""
+
+
+class Pending:
+    """A submitted request: stream its text, wait for its result, or cancel it.
+
+    Thread-safe; any number of consumers may stream the same request, each from the start.
+    """
+
+    def __init__(self, engine: GenerationEngine, request: GenRequest, prompt: list[int], timeout_s: float) -> None:
+        self.request = request
+        self.request_id = request.request_id
+        self.adapter = request.adapter
+        self.prompt_tokens = len(prompt)
+        self._engine = engine
+        self._prompt = prompt
+        self._submitted = time.monotonic()
+        self._deadline = self._submitted + timeout_s
+        self._started: float | None = None
+        self._future: concurrent.futures.Future[GenResult] = concurrent.futures.Future()
+        # RUNNING, so that the future cannot be cancelled from outside (asyncio.wrap_future
+        # would otherwise cancel it when an awaiting task is cancelled); cancel() is ours.
+        self._future.set_running_or_notify_cancel()
+        self._cond = threading.Condition()
+        self._deltas: list[str] = []
+        self._listeners: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
+        self._cancel_requested = False
+        self._queued = True
+        self._finishing = False
+        self._token_ids: tuple[int, ...] | None = None
+
+    # -- consumer side -----------------------------------------------------------------------
+
+    @property
+    def token_ids(self) -> tuple[int, ...] | None:
+        """Generated token ids (end of turn excluded) once finished; None before, or on failure."""
+        return self._token_ids
+
+    def done(self) -> bool:
+        """True once the result (or error) is available."""
+        return self._future.done()
+
+    def result(self, timeout: float | None = None) -> GenResult:
+        """Block until the request ends and return its result.
+
+        Raises:
+            TimeoutError: Not finished within ``timeout`` seconds (the request goes on).
+            Exception: Whatever ``generate`` raised for its batch.
+        """
+        return self._future.result(timeout)
+
+    async def aresult(self) -> GenResult:
+        """Await the result without blocking the event loop; cancels the request if the
+        awaiting task is cancelled (the HTTP client went away)."""
+        try:
+            return await asyncio.wrap_future(self._future)
+        except asyncio.CancelledError:
+            self.cancel()
+            raise
+
+    def stream(self) -> Iterator[str]:
+        """Yield text deltas as they are generated; they concatenate to the final text.
+
+        Ends when the request ends; re-raises the batch's error if generation failed.
+        """
+        i = 0
+        while True:
+            with self._cond:
+                while i >= len(self._deltas) and not self._future.done():
+                    self._cond.wait()
+                chunk = self._deltas[i:]
+                finished = self._future.done()
+            i += len(chunk)
+            yield from chunk
+            if finished:
+                break
+        self._raise_failure()
+
+    async def astream(self) -> AsyncIterator[str]:
+        """Async version of :meth:`stream` for asyncio servers (FastAPI SSE).
+
+        The worker thread wakes this coroutine with ``loop.call_soon_threadsafe``; it never
+        blocks the event loop.
+        """
+        loop = asyncio.get_running_loop()
+        event = asyncio.Event()
+        with self._cond:
+            self._listeners.append((loop, event))
+        try:
+            i = 0
+            while True:
+                event.clear()  # before reading, so a delta arriving after the read re-sets it
+                with self._cond:
+                    chunk = self._deltas[i:]
+                    finished = self._future.done()
+                i += len(chunk)
+                for delta in chunk:
+                    yield delta
+                if finished:
+                    break
+                if not chunk:
+                    await event.wait()
+        finally:
+            with self._cond:
+                with contextlib.suppress(ValueError):
+                    self._listeners.remove((loop, event))
+        self._raise_failure()
+
+    def cancel(self) -> bool:
+        """Stop the request: at once if still queued, else at its batch's next step.
+
+        Its result then has ``finish_reason='cancelled'`` and the text produced so far.
+        Returns False if it had already finished.
+        """
+        return self._engine._cancel(self)
+
+    def _raise_failure(self) -> None:
+        exc = self._future.exception()
+        if exc is not None:
+            raise exc
+
+    # -- engine side -------------------------------------------------------------------------
+
+    def _push(self, delta: str) -> None:
+        with self._cond:
+            self._deltas.append(delta)
+            self._cond.notify_all()
+            listeners = list(self._listeners)
+        _wake(listeners)
+
+    def _text(self) -> str:
+        with self._cond:
+            return "".join(self._deltas)
+
+    def _complete(self, result: GenResult | None, error: BaseException | None = None) -> None:
+        with self._cond:
+            if self._finishing:
+                return
+            self._finishing = True
+        # Give the adapter back first, so whoever sees the result also sees the hold released
+        # (an unload waiting on it can proceed as soon as the caller has its answer).
+        self._engine.adapters.release(self.adapter)
+        with self._cond:
+            if error is not None:
+                self._future.set_exception(error)
+            else:
+                self._future.set_result(result)
+            self._cond.notify_all()
+            listeners = list(self._listeners)
+        _wake(listeners)
+
+    def _finish_unrun(self, reason: FinishReason) -> None:
+        """End without generating (timeout while queued, cancelled, engine stopped)."""
+        queued = time.monotonic() - self._submitted
+        if not self._finishing:
+            self._token_ids = ()
+        self._complete(GenResult(self.request_id, "", self.prompt_tokens, 0, reason, queued, 0.0, 0, self.adapter))
+
+
+def _wake(listeners: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]]) -> None:
+    for loop, event in listeners:
+        with contextlib.suppress(RuntimeError):  # that loop is closed: nobody to wake
+            loop.call_soon_threadsafe(event.set)
+
+
+class _Row:
+    """One request inside a running batch: its tokens, text and how it ended."""
+
+    def __init__(self, job: Pending, tokenizer: Any, stop_ids: frozenset[int], batch_start: float, batch_size: int):
+        self.job = job
+        self.limit = job.request.max_new_tokens
+        self.stop_ids = stop_ids
+        self.detok = _Detokenizer(tokenizer)
+        self.batch_start = batch_start
+        self.batch_size = batch_size
+        self.finish: FinishReason | None = None
+        self.stop_requested: FinishReason | None = None
+        self._text_started = False
+
+    def step(self, token: int) -> None:
+        """Take this row's token of one decoding step (ignored once the row has ended)."""
+        if self.finish is not None:
+            return
+        if token in self.stop_ids:
+            self.end("stop")
+            return
+        self._emit(self.detok.push(token))
+        if len(self.detok.ids) >= self.limit:
+            self.end("length")
+        elif self.stop_requested is not None:
+            self.end(self.stop_requested)
+
+    def _emit(self, delta: str) -> None:
+        if not self._text_started:
+            # Leading whitespace is dropped, as Foundation.chat strips it; the streamed deltas
+            # still concatenate exactly to the final text.
+            delta = delta.lstrip()
+            self._text_started = bool(delta)
+        if delta:
+            self.job._push(delta)
+
+    def end(self, reason: FinishReason) -> None:
+        if self.finish is not None:
+            return
+        self.finish = reason
+        self._emit(self.detok.flush())
+        self.job._token_ids = tuple(self.detok.ids)
+        job = self.job
+        queued = (job._started if job._started is not None else job._submitted) - job._submitted
+        result = GenResult(
+            request_id=job.request_id,
+            text=job._text(),
+            prompt_tokens=job.prompt_tokens,
+            completion_tokens=len(self.detok.ids),
+            finish_reason=reason,
+            queue_seconds=queued,
+            generate_seconds=time.perf_counter() - self.batch_start,
+            batch_size=self.batch_size,
+            adapter=job.adapter,
+        )
+        job._complete(result)
+
+
+class _RowStreamer(BaseStreamer):
+    """Receives each decoding step's (batch,) tokens and hands each row its own token."""
+
+    def __init__(self, rows: list[_Row]) -> None:
+        self.rows = rows
+        self._prompt_seen = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self._prompt_seen:  # generate() first puts the (batch, seq) prompt
+            self._prompt_seen = True
+            return
+        steps = value.reshape(len(self.rows), -1).tolist()  # (batch, tokens this step), usually 1
+        for row, tokens in zip(self.rows, steps, strict=True):
+            for t in tokens:
+                row.step(t)
+
+    def end(self) -> None:
+        pass
+
+
+class _RowStops(StoppingCriteria):
+    """Per-row stop: own ``max_new_tokens``, end of turn, deadline, cancellation.
+
+    Returns a (batch,) bool tensor, so one row ending leaves the others running.
+    """
+
+    def __init__(self, rows: list[_Row], width: int, stop_ids: frozenset[int], on_step: Any) -> None:
+        self.rows = rows
+        self.width = width
+        self.stop_ids = stop_ids
+        self.on_step = on_step
+
+    def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
+        generated = input_ids.shape[1] - self.width
+        now = time.monotonic()
+        last = input_ids[:, -1].tolist()  # (batch,)
+        out = []
+        for row, token in zip(self.rows, last, strict=True):
+            if row.finish is None and row.stop_requested is None:
+                if row.job._cancel_requested:
+                    row.stop_requested = "cancelled"
+                elif now >= row.job._deadline:
+                    row.stop_requested = "timeout"
+            out.append(
+                row.finish is not None
+                or row.stop_requested is not None
+                or generated >= row.limit
+                or token in self.stop_ids
+            )
+        self.on_step(now)
+        return torch.tensor(out, dtype=torch.bool, device=input_ids.device)
+
+
+class GenerationEngine:
+    """Batches submitted requests into mixed-adapter ``generate`` calls on one worker thread.
+
+    Use as a context manager, or call :meth:`start` and :meth:`stop`.
+    """
+
+    def __init__(
+        self,
+        foundation: Any,
+        adapters: AdapterRegistry,
+        config: ServingConfig,
+        *,
+        batching: bool = True,
+    ) -> None:
+        """Create a stopped engine.
+
+        Args:
+            foundation: The :class:`~twinloop.foundation.model.Foundation` to generate with.
+            adapters: The registry whose adapters requests may name.
+            config: Batch size, wait, queue size, timeouts and limits.
+            batching: False runs requests one by one (the serving benchmark's baseline).
+        """
+        self.foundation = foundation
+        self.adapters = adapters
+        self.config = config
+        self.batching = batching
+        self._max_batch = config.max_batch_size if batching else 1
+        self._stop_ids = frozenset(foundation.stop_token_ids)
+        self._cond = threading.Condition()
+        self._queue: deque[Pending] = deque()
+        self._running: list[Pending] = []
+        self._thread: threading.Thread | None = None
+        self._accepting = True
+        self._stopping = False
+        self._last_sweep = 0.0
+        self._observers: list[Any] = []
+        self._recent_batch_s: deque[float] = deque(maxlen=32)
+        self._stats = {"batches": 0, "requests": 0, "new_tokens": 0, "failed": 0, "timeouts_queued": 0,
+                       "cancelled_queued": 0, "last_batch_seconds": 0.0, "last_batch_size": 0}
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> GenerationEngine:
+        """Start the worker thread (idempotent).
+
+        Raises:
+            EngineStoppedError: The engine was stopped; build a new one.
+        """
+        with self._cond:
+            if self._stopping:
+                raise EngineStoppedError("the generation engine was stopped; create a new one")
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._work, name="twinloop-engine", daemon=True)
+                self._thread.start()
+        return self
+
+    def stop(self, drain: bool = True, timeout: float | None = None) -> bool:
+        """Refuse new requests and end the worker.
+
+        Args:
+            drain: True finishes every queued request first; False cancels queued ones and
+                stops running ones at their next step (``finish_reason='cancelled'``).
+            timeout: Seconds to wait for the worker; None waits as long as it takes.
+
+        Returns:
+            True when the worker has ended.
+        """
+        with self._cond:
+            self._accepting = False
+            self._stopping = True
+            dropped: list[Pending] = []
+            if not drain or self._thread is None:
+                dropped = list(self._queue)
+                self._queue.clear()
+            if not drain:
+                for job in self._running:
+                    job._cancel_requested = True
+            self._cond.notify_all()
+            thread = self._thread
+        for job in dropped:
+            job._finish_unrun("cancelled")
+        if thread is None:
+            return True
+        thread.join(timeout)
+        return not thread.is_alive()
+
+    def __enter__(self) -> GenerationEngine:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop(drain=exc[0] is None)
+
+    # -- submission --------------------------------------------------------------------------
+
+    def submit(self, req: GenRequest) -> Pending:
+        """Validate, encode and enqueue one request.
+
+        Raises:
+            InvalidInputError: Bad limits or sampling settings, unknown adapter, prompt too long.
+            QueueFullError: ``queue_size`` requests are already waiting.
+            EngineStoppedError: After :meth:`stop`.
+        """
+        if not isinstance(req, GenRequest):
+            raise InvalidInputError(f"expected a GenRequest, got {type(req).__name__}")
+        limit = self.config.max_new_tokens_limit
+        if isinstance(req.max_new_tokens, bool) or not isinstance(req.max_new_tokens, int):
+            raise InvalidInputError(f"max_new_tokens must be an integer, got {req.max_new_tokens!r}")
+        if not 1 <= req.max_new_tokens <= limit:
+            raise InvalidInputError(f"max_new_tokens must be between 1 and {limit}, got {req.max_new_tokens}")
+        if not req.temperature >= 0:
+            raise InvalidInputError(f"temperature must be >= 0, got {req.temperature!r}")
+        if req.top_p is not None and not 0 < req.top_p <= 1:
+            raise InvalidInputError(f"top_p must be in (0, 1], got {req.top_p!r}")
+        if req.timeout_s is not None and not req.timeout_s > 0:
+            raise InvalidInputError(f"timeout_s must be > 0, got {req.timeout_s!r}")
+        if not self._accepting:
+            raise EngineStoppedError("the generation engine is stopped")
+        # Encode now, so a prompt-too-long error reaches the caller at once, not as a failure later.
+        prompt = self.foundation.encode_chat(list(req.messages))
+        timeout_s = req.timeout_s if req.timeout_s is not None else self.config.request_timeout_s
+        with self._cond:
+            if not self._accepting:
+                raise EngineStoppedError("the generation engine is stopped")
+            depth = len(self._queue)
+            if depth >= self.config.queue_size:
+                retry = self._retry_after(depth)
+                raise QueueFullError(
+                    f"generation queue is full ({depth} waiting); retry after {retry:.1f} s", retry
+                )
+            # Held from admission, so an unload waits for this request (issue 4).
+            self.adapters.acquire(req.adapter)
+            job = Pending(self, req, prompt, timeout_s)
+            self._queue.append(job)
+            depth += 1
+            self._cond.notify_all()
+        log.debug("queued %s (adapter %s, depth %d)", job.request_id, job.adapter, depth)
+        self._notify("on_queue", depth)
+        return job
+
+    # -- observability -----------------------------------------------------------------------
+
+    def add_observer(self, observer: Any) -> None:
+        """Attach an object with ``on_batch(size, adapters, seconds, new_tokens)`` and/or
+        ``on_queue(depth)``; called from the engine's threads, so keep them quick and never
+        call back into the engine or the registry's load/unload from them."""
+        self._observers.append(observer)
+
+    def queue_depth(self) -> int:
+        """Requests waiting (not yet in a batch)."""
+        with self._cond:
+            return len(self._queue)
+
+    def stats(self) -> dict[str, Any]:
+        """Counters since start: batches, requests, mean batch size, last batch seconds, ...
+
+        Updated when a batch ends; its requests may have been answered a little earlier
+        (each row is answered as soon as it stops).
+        """
+        with self._cond:
+            s = dict(self._stats)
+            s["queue_depth"] = len(self._queue)
+        s["mean_batch_size"] = s["requests"] / s["batches"] if s["batches"] else 0.0
+        s["batching"] = self.batching
+        s["max_batch_size"] = self._max_batch
+        return s
+
+    def _notify(self, hook: str, *args: Any) -> None:
+        for obs in list(self._observers):
+            fn = getattr(obs, hook, None)
+            if fn is None:
+                continue
+            try:
+                fn(*args)
+            except Exception:  # an observer must never take the engine down
+                log.exception("engine observer %r failed in %s", obs, hook)
+
+    def _retry_after(self, depth: int) -> float:
+        """Seconds until the queue has room: batches ahead of a new request times recent batch time."""
+        mean = sum(self._recent_batch_s) / len(self._recent_batch_s) if self._recent_batch_s else 1.0
+        batches_ahead = depth // self._max_batch + 1
+        return round(max(0.1, batches_ahead * mean), 2)
+
+    # -- cancellation and expiry -------------------------------------------------------------
+
+    def _cancel(self, job: Pending) -> bool:
+        with self._cond:
+            if job.done():
+                return False
+            removed = False
+            if job._queued:
+                with contextlib.suppress(ValueError):
+                    self._queue.remove(job)
+                    removed = True
+                    job._queued = False
+            if not removed:
+                job._cancel_requested = True
+            depth = len(self._queue)
+            if removed:
+                self._stats["cancelled_queued"] += 1
+        if removed:
+            job._finish_unrun("cancelled")
+            self._notify("on_queue", depth)
+        return True
+
+    def _take_expired_locked(self, now: float) -> list[Pending]:
+        expired = [j for j in self._queue if now >= j._deadline]
+        for j in expired:
+            self._queue.remove(j)
+            j._queued = False
+        self._stats["timeouts_queued"] += len(expired)
+        return expired
+
+    def _sweep(self, now: float) -> None:
+        """Answer queued requests whose deadline passed (called between decoding steps)."""
+        if now - self._last_sweep < _SWEEP_INTERVAL_S:
+            return
+        self._last_sweep = now
+        with self._cond:
+            expired = self._take_expired_locked(now)
+            depth = len(self._queue)
+        for j in expired:
+            j._finish_unrun("timeout")
+        if expired:
+            self._notify("on_queue", depth)
+
+    # -- the worker --------------------------------------------------------------------------
+
+    @staticmethod
+    def _mode(req: GenRequest) -> tuple:
+        """Requests with equal keys can share a batch (one sampling setup per generate call)."""
+        if req.temperature == 0:
+            return ("greedy",)
+        if req.seed is not None:
+            # A seed promises a repeatable answer, but a sampled row's draw depends on the other
+            # rows of its batch: seeded requests run alone, like Foundation.chat(seed=...).
+            return ("seeded", req.request_id)
+        return ("sample", req.temperature, req.top_p)
+
+    def _next_batch(self) -> list[Pending] | None:
+        expired: list[Pending] = []
+        with self._cond:
+            while True:
+                now = time.monotonic()
+                expired += self._take_expired_locked(now)
+                if self._queue:
+                    break
+                if self._stopping:
+                    batch = None
+                    break
+                self._cond.wait()  # an empty queue has nothing to expire: sleep until submit/stop
+            if self._queue:
+                first = self._queue.popleft()
+                first._queued = False
+                batch = [first]
+                mode = self._mode(first.request)
+                until = time.monotonic() + self.config.max_wait_ms / 1000.0
+                while len(batch) < self._max_batch:
+                    for job in [j for j in self._queue if self._mode(j.request) == mode]:
+                        if len(batch) >= self._max_batch:
+                            break
+                        self._queue.remove(job)
+                        job._queued = False
+                        batch.append(job)
+                    left = until - time.monotonic()
+                    if len(batch) >= self._max_batch or left <= 0 or self._stopping:
+                        break
+                    self._cond.wait(left)
+                self._running = batch
+            depth = len(self._queue)
+        for j in expired:
+            j._finish_unrun("timeout")
+        if batch is not None or expired:
+            self._notify("on_queue", depth)
+        return batch
+
+    def _work(self) -> None:
+        log.info("generation engine started (max batch %d, max wait %.0f ms)", self._max_batch,
+                 self.config.max_wait_ms)
+        while True:
+            batch = self._next_batch()
+            if batch is None:
+                break
+            try:
+                self._run_batch(batch)
+            except Exception as e:  # keep serving: fail this batch only
+                log.exception("engine batch crashed")
+                for job in batch:
+                    job._complete(None, e)
+            finally:
+                with self._cond:
+                    self._running = []
+        log.info("generation engine stopped")
+
+    def _run_batch(self, batch: list[Pending]) -> None:
+        now = time.monotonic()
+        live: list[Pending] = []
+        for job in batch:
+            if job._cancel_requested:
+                job._finish_unrun("cancelled")
+            elif now >= job._deadline:
+                job._finish_unrun("timeout")
+            else:
+                job._started = now
+                live.append(job)
+        if not live:
+            return
+        ids = [j.request_id for j in live]
+        start = time.perf_counter()
+        rows: list[_Row] = []
+        error: BaseException | None = None
+        with self.adapters.generating() as model:
+            # A failed reload can drop a held adapter; fail only the rows that named it.
+            kept = []
+            for job in live:
+                if job.adapter != BASE_ADAPTER and job.adapter not in self.adapters:
+                    job._complete(None, InvalidInputError(f"adapter {job.adapter!r} is no longer loaded"))
+                else:
+                    kept.append(job)
+            live = kept
+            if live:
+                rows = [_Row(j, self.foundation.tokenizer, self._stop_ids, start, len(live)) for j in live]
+                try:
+                    self._generate(model, rows)
+                except Exception as e:
+                    error = e
+                    log.exception("generate failed for batch %s", ids)
+        seconds = time.perf_counter() - start
+        new_tokens = 0
+        for row in rows:
+            new_tokens += len(row.detok.ids)
+            if row.finish is None:
+                if error is not None:
+                    row.finish = "length"  # mark handled; the request itself fails
+                    row.job._complete(None, error)
+                else:
+                    row.end(row.stop_requested or "length")
+        if not rows:
+            return
+        with self._cond:
+            self._stats["batches"] += 1
+            self._stats["requests"] += len(rows)
+            self._stats["new_tokens"] += new_tokens
+            self._stats["failed"] += len(rows) if error is not None else 0
+            self._stats["last_batch_seconds"] = seconds
+            self._stats["last_batch_size"] = len(rows)
+            self._recent_batch_s.append(seconds)
+        adapters = [r.job.adapter for r in rows]
+        log.debug("batch of %d %s done in %.3f s (%d new tokens)", len(rows), ids, seconds, new_tokens)
+        self._notify("on_batch", len(rows), adapters, seconds, new_tokens)
+
+    def _generate(self, model: Any, rows: list[_Row]) -> None:
+        """One ``generate`` call for the batch; rows end through the streamer and criterion."""
+        prompts = [r.job._prompt for r in rows]
+        pad = self.foundation.tokenizer.pad_token_id
+        device = model.device
+        input_ids, attention = left_pad(prompts, pad)  # (batch, seq) each
+        width = input_ids.shape[1]
+        req = rows[0].job.request  # rows share the sampling mode (see _mode)
+        kwargs: dict[str, Any] = dict(
+            max_new_tokens=max(r.limit for r in rows),
+            logits_processor=self.foundation.repetition_processors(width),
+            do_sample=req.temperature > 0,
+            eos_token_id=sorted(self._stop_ids),
+            pad_token_id=pad,
+            streamer=_RowStreamer(rows),
+            stopping_criteria=StoppingCriteriaList([_RowStops(rows, width, self._stop_ids, self._sweep)]),
+        )
+        if req.temperature > 0:
+            kwargs.update(temperature=req.temperature, top_p=req.top_p or self.foundation.config.top_p, top_k=0)
+        else:
+            # As Foundation.chat_batch: unset sampling knobs a generation_config may carry.
+            kwargs.update(temperature=None, top_p=None, top_k=None)
+        names = [r.job.adapter for r in rows]
+        if any(n != BASE_ADAPTER for n in names):
+            # Per-row adapters in one batch (PEFT mixed-adapter inference), never set_adapter
+            # (peft#804). Omitted when every row is base: the model may be unwrapped then.
+            kwargs["adapter_names"] = names
+        rng = (
+            torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
+            if req.seed is not None
+            else contextlib.nullcontext()
+        )
+        with rng, torch.inference_mode():
+            if req.seed is not None:
+                torch.manual_seed(req.seed)
+            model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device), **kwargs)

@@ -1,0 +1,187 @@
+"""End to end on the real default models (issue 4 "Done when").
+
+A real server on a loopback port over the real SmolLM2-135M-Instruct and all-MiniLM-L6-v2:
+law documents go in through the API, questions come back with citations from the index (or
+plainly UNVERIFIED, never with an invented citation), through httpx and the official
+``openai`` client, streaming and not; roles give 200/401/403; malformed and oversized
+requests get a 4xx with a clear message; /metrics parses.
+"""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import openai
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from twinloop.api import create_app
+from twinloop.api.server import ServerThread
+from twinloop.config import ApiConfig
+from twinloop.serving.service import Service
+
+pytestmark = pytest.mark.real
+
+KEYS = {"admin": "real-admin-key-01", "operator": "real-operator-key-01", "reader": "real-reader-key-01"}
+
+DOCS = [
+    {"text": "The data subject shall have the right to obtain from the controller the erasure of personal data "
+             "concerning him or her without undue delay and the controller shall have the obligation to erase "
+             "personal data without undue delay.",
+     "source": "GDPR (Regulation (EU) 2016/679)", "code": "GDPR", "article": "17", "part": "1",
+     "jurisdiction": "EU", "edition_date": "2016-04-27", "title": "Right to erasure ('right to be forgotten')",
+     "uri": "https://eur-lex.europa.eu/eli/reg/2016/679/oj#art_17-1"},
+    {"text": "The data subject shall have the right to receive the personal data concerning him or her, which he "
+             "or she has provided to a controller, in a structured, commonly used and machine-readable format.",
+     "source": "GDPR (Regulation (EU) 2016/679)", "code": "GDPR", "article": "20", "part": "1",
+     "jurisdiction": "EU", "edition_date": "2016-04-27", "title": "Right to data portability",
+     "uri": "https://eur-lex.europa.eu/eli/reg/2016/679/oj#art_20-1"},
+    {"text": "The controller shall provide information on action taken on a request to the data subject without "
+             "undue delay and in any event within one month of receipt of the request.",
+     "source": "GDPR (Regulation (EU) 2016/679)", "code": "GDPR", "article": "12", "part": "3",
+     "jurisdiction": "EU", "edition_date": "2016-04-27", "title": "Transparent information",
+     "uri": "https://eur-lex.europa.eu/eli/reg/2016/679/oj#art_12-3"},
+]
+URIS = {d["uri"] for d in DOCS}
+QUESTION = "Under the GDPR, does a controller have to erase my personal data when I ask?"
+MAX_BODY = 64 * 1024
+
+
+@pytest.fixture(scope="module")
+def server(real_runtime):
+    settings = real_runtime.settings.model_copy(update={"api": ApiConfig(
+        api_keys={KEYS[r]: r for r in KEYS}, max_body_bytes=MAX_BODY, rate_limit_per_minute=10_000)})
+    service = Service(real_runtime)
+    with ServerThread(create_app(service, settings), start_timeout_s=120) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def http(server):
+    with httpx.Client(base_url=server.url, timeout=120) as c:
+        yield c
+
+
+def auth(role: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {KEYS[role]}"}
+
+
+@pytest.fixture(scope="module")
+def ingested(http):
+    r = http.post("/v1/ingest", headers=auth("operator"), json={"domain": "law", "documents": DOCS})
+    assert r.status_code == 200, r.text
+    report = r.json()
+    assert report["domain"] == "law" and report["added"] + report["skipped_duplicates"] == len(DOCS)
+    return report
+
+
+def check_cited_or_unverified(record: dict) -> None:
+    """Citations come from retrieved passages only; without one the answer says UNVERIFIED."""
+    retrieved = {p["n"]: p for p in record["retrieved"]}
+    assert URIS & {p["uri"] for p in retrieved.values()}, "the ingested articles are retrieved"
+    for c in record["citations"]:
+        assert c["n"] in retrieved and c["uri"] == retrieved[c["n"]]["uri"] and c["label"] == retrieved[c["n"]]["label"]
+    if record["verified"]:
+        assert record["status"] == "verified" and record["citations"]
+        assert all(c["quote"] for c in record["citations"])
+    else:
+        assert record["status"] in ("unverified", "no_sources")
+        assert record["text"].startswith("UNVERIFIED")
+
+
+def test_answer_with_citations_from_the_index(http, ingested):
+    r = http.post("/v1/answer", headers=auth("reader"), json={"query": QUESTION, "max_tokens": 48, "user_id": "u-1"})
+    assert r.status_code == 200, r.text
+    record = r.json()
+    assert "law" in record["domains"] and record["release_id"] == "base"
+    assert record["request_id"] == r.headers["x-request-id"]
+    check_cited_or_unverified(record)
+    labels = {p["label"] for p in record["retrieved"]}
+    assert any(label.startswith("GDPR Art. 17(1)") for label in labels)
+
+
+def test_answer_stream_sse(http, ingested):
+    with http.stream("POST", "/v1/answer", headers=auth("reader"),
+                     json={"query": QUESTION, "domain": "law", "max_tokens": 32, "stream": True}) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        data = [line[6:] for line in r.iter_lines() if line.startswith("data: ")]
+    assert data[-1] == "[DONE]"
+    events = [json.loads(d) for d in data[:-1]]
+    assert [e["type"] for e in events][0] == "meta" and events[-1]["type"] == "answer"
+    assert sum(e["type"] == "delta" for e in events) >= 2, "text arrives in pieces"
+    check_cited_or_unverified(events[-1]["record"])
+
+
+def test_openai_chat(server, ingested):
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=KEYS["reader"], max_retries=0, timeout=120)
+    assert "twinloop:law" in {m.id for m in client.models.list()}
+    resp = client.chat.completions.create(model="twinloop:law", max_tokens=48,
+                                          messages=[{"role": "user", "content": QUESTION}])
+    text = resp.choices[0].message.content
+    extra = resp.model_extra["twinloop"]
+    assert text.strip() and extra["domains"] == ["law"]
+    assert all(c["label"] and c["quote"] for c in extra["citations"])
+    if not extra["verified"]:
+        assert text.startswith("UNVERIFIED") and extra["status"] in ("unverified", "no_sources")
+    else:
+        assert extra["citations"]
+
+
+def test_openai_chat_stream(server, ingested):
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=KEYS["reader"], max_retries=0, timeout=120)
+    stream = client.chat.completions.create(model="twinloop", max_tokens=32, stream=True,
+                                            messages=[{"role": "user", "content": QUESTION}])
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert len(chunks) > 3 and text.strip()
+    final = chunks[-1]
+    assert final.choices[0].finish_reason in ("stop", "length")
+    extra = final.model_extra["twinloop"]
+    assert "law" in extra["domains"]
+    if not extra["verified"]:
+        assert "UNVERIFIED" in text
+
+
+@pytest.mark.parametrize(("role", "method", "path", "body", "status"), [
+    ("reader", "GET", "/v1/info", None, 200),
+    ("reader", "POST", "/v1/generate", {"prompt": "What is the capital of France?", "max_tokens": 16}, 200),
+    (None, "GET", "/v1/info", None, 401),
+    ("wrong", "POST", "/v1/answer", {"query": QUESTION}, 401),
+    ("reader", "POST", "/v1/ingest", {"domain": "law", "documents": DOCS}, 403),
+    ("reader", "POST", "/v1/feedback", {"request_id": "req_x", "score": 1}, 403),
+    ("operator", "GET", "/v1/lora", None, 403),
+    ("operator", "POST", "/v1/feedback", {"request_id": "req_x", "score": 1}, 404),
+    ("admin", "GET", "/v1/info", None, 200),
+])
+def test_roles(http, role, method, path, body, status):
+    headers = {} if role is None else auth(role) if role in KEYS else {"Authorization": "Bearer wrong-key-000"}
+    r = http.request(method, path, headers=headers, json=body)
+    assert r.status_code == status, r.text
+    if status >= 400:
+        assert set(r.json()["error"]) == {"message", "type", "param", "code"}
+    if path == "/v1/generate":
+        assert "paris" in r.json()["text"].lower()
+
+
+@pytest.mark.parametrize(("name", "content", "status", "says"), [
+    ("malformed", b'{"query": "unterminated', 400, "not valid JSON"),
+    ("schema", json.dumps({"query": QUESTION, "max_tokens": "lots"}).encode(), 422, "max_tokens = 'lots'"),
+    ("oversized", json.dumps({"query": "x" * MAX_BODY}).encode(), 413, f"limit of {MAX_BODY} bytes"),
+])
+def test_bad_requests_get_a_clear_4xx(server, name, content, status, says):
+    with httpx.Client(base_url=server.url, timeout=30) as c:
+        r = c.post("/v1/answer", content=content, headers={**auth("reader"), "content-type": "application/json"})
+    assert r.status_code == status, r.text
+    assert says in r.json()["error"]["message"]
+
+
+def test_metrics_parse(http, ingested):
+    http.post("/v1/answer", headers=auth("reader"), json={"query": QUESTION, "max_tokens": 8})
+    r = http.get("/metrics", headers=auth("reader"))
+    families = {f.name: f for f in text_string_to_metric_families(r.text)}
+    assert families["twinloop_http_request_duration_seconds"].type == "histogram"
+    stages = {s.labels.get("stage") for s in families["twinloop_pipeline_stage_duration_seconds"].samples}
+    assert {"route", "retrieve", "generate", "verify"} <= stages
+    tps = [s for s in families["twinloop_engine_tokens_per_second"].samples if s.name.endswith("_count")]
+    assert tps and tps[0].value > 0
