@@ -53,6 +53,16 @@ def test_check(name, answer, ok, cited, invalid, bad, unsupported):
     assert (v.reason == "ok") == ok
 
 
+def test_restating_the_question_is_not_a_verified_answer():
+    q = "When must a personal data breach be notified to the supervisory authority?"
+    v = verify.check("The answer is: when a personal data breach must be notified to the supervisory authority.",
+                     PASSAGES, q)
+    assert not v.verified and v.claims == 0
+    v = verify.check("A personal data breach must be notified within 72 hours of becoming aware of it.",
+                     [hit(PASSAGES[0].text + " Notice comes after becoming aware of it.", 1)], q)
+    assert v.verified, v.reason
+
+
 def test_best_quote_is_verbatim_and_relevant():
     q = verify.best_quote(PASSAGES[0].text, "You have 72 hours to notify a breach.")
     assert q in PASSAGES[0].text

@@ -154,21 +154,25 @@ class Router:
         raw = np.array([sims[n] for n in names])
         conf = np.exp((raw - raw.max()) / spec.temperature)
         conf /= conf.sum()
-        confidence = {n: round(float(c), 4) for n, c in zip(names, conf)}
+        share = dict(zip(names, conf.tolist()))  # unrounded: decisions must not hinge on rounding
+        confidence = {n: round(c, 4) for n, c in share.items()}
         similarity = {n: round(v, 4) for n, v in sims.items()}
         matches = [RuleMatch(n, p, prio) for n, rx, p, prio in self._rules if rx.search(query)]
         rule_prio: dict[str, int] = {}
         for m in matches:
             rule_prio[m.domain] = max(rule_prio.get(m.domain, m.priority), m.priority)
         fb = spec.fallback
-        ranked = sorted((n for n in names if n != fb), key=lambda n: confidence[n], reverse=True)
+        ranked = sorted((n for n in names if n != fb), key=lambda n: (share[n], sims[n]), reverse=True)
         active: set[str] = set()
-        if ranked and confidence[ranked[0]] >= spec.tau and sims[ranked[0]] >= spec.min_similarity:
-            active = {n for n in ranked if confidence[n] >= spec.secondary_tau and sims[n] >= spec.min_similarity}
+        # general competes like any domain: when it is the most likely, an everyday question
+        # does not become a law question because law also cleared τ (only a rule can add it).
+        general_wins = ranked and share.get(fb, 0.0) > share[ranked[0]]
+        if ranked and not general_wins and share[ranked[0]] >= spec.tau and sims[ranked[0]] >= spec.min_similarity:
+            active = {n for n in ranked if share[n] >= spec.secondary_tau and sims[n] >= spec.min_similarity}
         active |= {n for n in rule_prio if n != fb}
         if not active:
             # Chosen for lack of anything better, not because it looks like an everyday question.
-            low = confidence.get(fb, 0.0) < spec.tau or sims.get(fb, 0.0) < spec.min_similarity
+            low = share.get(fb, 0.0) < spec.tau or sims.get(fb, 0.0) < spec.min_similarity
             return RouteDecision(query, [fb], confidence, similarity, matches, fallback=low, query_vector=qvec)
-        ordered = sorted(active, key=lambda n: (rule_prio.get(n, -(10**9)), confidence[n]), reverse=True)
+        ordered = sorted(active, key=lambda n: (rule_prio.get(n, -(10**9)), share[n], sims[n]), reverse=True)
         return RouteDecision(query, ordered, confidence, similarity, matches, fallback=False, query_vector=qvec)

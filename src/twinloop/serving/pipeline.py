@@ -135,7 +135,7 @@ class AnswerPipeline:
         t = time.perf_counter()
         text = result.text
         if prep.passages:
-            check = verify.check(text, prep.passages)
+            check = verify.check(text, prep.passages, prep.request.query)
             cited = check.cited
         else:
             check, cited = None, []

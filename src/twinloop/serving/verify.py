@@ -88,8 +88,8 @@ def _content(text: str) -> set[str]:
     return {w.casefold() for w in _WORD.findall(text) if w.casefold() not in STOPWORDS and not w.isdigit()}
 
 
-def _supports(claim: str, passage_words: set[str], passage_text: str) -> bool:
-    words = _content(claim)
+def _supports(claim: str, passage_words: set[str], passage_text: str, given: frozenset[str] = frozenset()) -> bool:
+    words = _content(claim) - given
     if not words:
         return True
     numbers = _NUMBER.findall(MARKER.sub("", claim))
@@ -98,26 +98,38 @@ def _supports(claim: str, passage_words: set[str], passage_text: str) -> bool:
     return len(words & passage_words) / len(words) >= SUPPORT
 
 
-def claims_of(answer: str) -> list[str]:
-    """Sentences with enough content words to assert something."""
-    return [s.strip() for s in _SENTENCE.split(answer)
-            if len(_content(MARKER.sub("", s))) >= MIN_CLAIM_WORDS]
+def claims_of(answer: str, question: str = "") -> list[str]:
+    """Sentences that assert something beyond the question: enough content words, and at
+    least two the question does not already contain (a restated question is no claim, and
+    must not make an empty answer look verified)."""
+    given = _content(question)
+    out = []
+    for s in _SENTENCE.split(answer):
+        words = _content(MARKER.sub("", s))
+        if len(words) >= MIN_CLAIM_WORDS and len(words - given) >= 2:
+            out.append(s.strip())
+    return out
 
 
-def check(answer: str, passages: list[Hit]) -> Verification:
-    """Check an answer's claims, ``[n]`` markers and quotes against the numbered passages."""
+def check(answer: str, passages: list[Hit], question: str = "") -> Verification:
+    """Check an answer's claims, ``[n]`` markers and quotes against the numbered passages.
+
+    Words of the question do not count towards a claim's support: only what the answer adds
+    has to be found in a source.
+    """
     invalid = sorted({int(m.group(1)) for m in MARKER.finditer(answer)
                       if not 1 <= int(m.group(1)) <= len(passages)})
     texts = [p.text for p in passages]
     words = [_content(t) for t in texts]
     cited: list[int] = []
     unsupported: list[str] = []
-    claims = claims_of(answer)
+    claims = claims_of(answer, question)
+    given = frozenset(_content(question))
     for claim in claims:
         marked = [int(m.group(1)) for m in MARKER.finditer(claim) if 1 <= int(m.group(1)) <= len(passages)]
         # A claim with markers must be supported by a passage it cites; one without by any.
         candidates = marked or range(1, len(passages) + 1)
-        support = next((n for n in candidates if _supports(claim, words[n - 1], texts[n - 1])), None)
+        support = next((n for n in candidates if _supports(claim, words[n - 1], texts[n - 1], given)), None)
         if support is None:
             unsupported.append(claim)
         elif support not in cited:
