@@ -181,6 +181,19 @@ def test_batches_form_from_concurrent_requests(make_engine):
     assert max(rec.depths) >= 1 and rec.depths[-1] == 0
 
 
+def test_prompt_token_cap_splits_long_prompts(make_engine, tiny):
+    prompt_len = len(tiny.encode_chat(PROMPTS[0]))
+    rec = Recorder()
+    # Room for two of these prompts per batch, not three.
+    eng = make_engine(max_wait_ms=500, max_batch_size=8, max_batch_prompt_tokens=2 * prompt_len + 1)
+    eng.add_observer(rec)
+    pendings = [eng.submit(req(PROMPTS[0], 3, BASE_ADAPTER)) for _ in range(5)]
+    for p in pendings:
+        p.result(30)
+    wait_until(lambda: sum(b[0] for b in rec.batches) == 5)
+    assert max(b[0] for b in rec.batches) == 2
+
+
 def test_batching_off_runs_one_by_one(make_engine):
     rec = Recorder()
     eng = make_engine(batching=False, max_wait_ms=500)

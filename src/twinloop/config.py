@@ -247,6 +247,11 @@ class ServingConfig(_Section):
     max_batch_size: int = Field(default=8, ge=1, le=256)
     """Requests generated together; 8 keeps a 2-core CPU's batch latency near one request's
     while still amortising the weights' memory traffic."""
+    max_batch_prompt_tokens: int = Field(default=2048, ge=1)
+    """Prompt tokens one batch may hold (the first request always fits). Batching pays off
+    while decoding dominates; long retrieval prompts (~1k tokens) make a batch prefill-bound,
+    and on CPU eight of them ran 25 % slower batched than one by one
+    (benchmarks/serving.py), so they are batched at most two at a time."""
     max_wait_ms: float = Field(default=15.0, ge=0.0)
     """How long the engine waits for more requests before starting a non-full batch; short,
     because each ms is added to every request's latency."""

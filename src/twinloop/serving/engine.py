@@ -614,11 +614,16 @@ class GenerationEngine:
                 first._queued = False
                 batch = [first]
                 mode = self._mode(first.request)
+                tokens = len(first._prompt)
+                cap = self.config.max_batch_prompt_tokens
                 until = time.monotonic() + self.config.max_wait_ms / 1000.0
                 while len(batch) < self._max_batch:
                     for job in [j for j in self._queue if self._mode(j.request) == mode]:
                         if len(batch) >= self._max_batch:
                             break
+                        if tokens + len(job._prompt) > cap:
+                            continue  # would make a prefill-bound batch; it leads the next one
+                        tokens += len(job._prompt)
                         self._queue.remove(job)
                         job._queued = False
                         batch.append(job)
