@@ -8,6 +8,7 @@ import time
 
 import pytest
 import torch
+from helpers import wide_tiny_foundation
 from peft import LoraConfig, PeftModelForCausalLM
 
 from twinloop.config import FoundationConfig
@@ -24,16 +25,7 @@ def lora(seed_init: bool = False, targets=("q_proj", "v_proj"), r: int = 4) -> L
     return LoraConfig(r=r, lora_alpha=8, target_modules=list(targets), init_lora_weights=seed_init)
 
 
-def tiny_foundation(path, hidden: int = 64):
-    """The tiny random Llama with larger weights: its default init (std 0.02) answers every
-    prompt with one repeated token, which would hide whether an adapter changed anything."""
-    f = load_foundation(FoundationConfig(source="tiny", tiny_hidden=hidden), DataDir(path))
-    with torch.random.fork_rng(), torch.no_grad():
-        torch.manual_seed(0)
-        for p in f.model.parameters():
-            if p.dim() == 2:
-                p.normal_(0.0, 0.2)
-    return f
+tiny_foundation = wide_tiny_foundation
 
 
 def save_adapter(folder, path_for_model, seed: int, hidden: int = 64, targets=("q_proj", "v_proj")):

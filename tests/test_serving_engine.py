@@ -12,6 +12,7 @@ import time
 
 import pytest
 import torch
+from helpers import wide_tiny_foundation
 from peft import LoraConfig, PeftModel
 
 from twinloop.config import FoundationConfig, ServingConfig
@@ -31,15 +32,8 @@ def req(prompt: str = PROMPTS[0], n: int = 8, adapter: str = BASE_ADAPTER, **kw)
 
 @pytest.fixture
 def tiny(tmp_path):
-    """Tiny Llama with larger weights (std 0.2) so different prompts and adapters give
-    different tokens (the default init repeats one token whatever it is asked)."""
-    f = load_foundation(FoundationConfig(source="tiny"), DataDir(tmp_path))
-    with torch.random.fork_rng(), torch.no_grad():
-        torch.manual_seed(0)
-        for p in f.model.parameters():
-            if p.dim() == 2:
-                p.normal_(0.0, 0.2)
-    return f
+    """Tiny Llama with larger weights, so different prompts and adapters give different tokens."""
+    return wide_tiny_foundation(tmp_path)
 
 
 @pytest.fixture
