@@ -325,6 +325,28 @@ def domains(json_out: JsonFlag = False) -> None:
     out.print(table)
 
 
+@app.command()
+def quarantine(
+    domain: Annotated[str | None, typer.Option("--domain", "-d", help="Only this domain.")] = None,
+    limit: Annotated[int, typer.Option(help="Rows to show, newest first.")] = 50,
+    json_out: JsonFlag = False,
+) -> None:
+    """List feedback the filters rejected (stage, reason; text shown redacted)."""
+    from twinloop.learning.quarantine import list_quarantine
+
+    rows = list_quarantine(_runtime().db, domain, limit)
+    if json_out:
+        _emit_json(rows)
+        return
+    table = Table(title=f"Quarantine ({len(rows)} shown)", title_justify="left")
+    for col in ("id", "time", "domain", "stage", "reason", "prompt"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        prompt = (r.get("prompt") or "")[:80]
+        table.add_row(str(r["id"]), str(r["created_at"]), str(r["domain"]), r["stage"], r["reason"], prompt)
+    out.print(table)
+
+
 @app.command("domain-add")
 def domain_add(
     spec: Annotated[Path, typer.Argument(help="YAML file: name, description, examples, rules, policy.")],
