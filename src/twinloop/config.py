@@ -79,7 +79,12 @@ class EmbedderConfig(_Section):
 
 
 class LoraConfig(_Section):
-    """Per-domain LoRA adapters (paper §4.2)."""
+    """Per-domain LoRA adapters (paper §4.2).
+
+    The paper's Gaussian init of A (std 0.01, App. A) is deliberately not offered: it starts
+    too slowly for short CPU training runs, so PEFT's default init is used (B = 0, so a fresh
+    adapter is the identity).
+    """
 
     r: int = Field(default=16, ge=1)
     """Rank (paper, App. A)."""
@@ -89,8 +94,6 @@ class LoraConfig(_Section):
     """LoRA dropout (paper, App. A)."""
     target_modules: tuple[str, ...] = ("q_proj", "v_proj")
     """Attention projections adapted (paper, App. A)."""
-    init_std: float = Field(default=0.01, gt=0.0)
-    """Gaussian init of A (paper, App. A); B starts at zero so a fresh adapter is the identity."""
 
 
 class EwcConfig(_Section):
@@ -127,7 +130,8 @@ class TrainingConfig(_Section):
     batch_size: int = Field(default=32, ge=1)
     """Examples per optimiser step before accumulation (paper, App. A)."""
     grad_accumulation: int = Field(default=4, ge=1)
-    """Gradient accumulation steps (paper, App. A)."""
+    """Gradient accumulation steps (paper, App. A). Not used yet by the CPU trainer, where one
+    optimiser step is one small batch (learning/trainer.py)."""
     max_grad_norm: float = Field(default=1.0, gt=0.0)
     """Gradient clipping norm (paper, App. A)."""
     warmup_steps: int = Field(default=100, ge=0)
