@@ -152,7 +152,7 @@ def sample_losses(model: torch.nn.Module, foundation: Foundation, samples: Seque
 
 def _peft_config(lora: LoraConfig) -> peft.LoraConfig:
     # init_lora_weights=True is PEFT's default: A Kaiming-uniform and B = 0, so a fresh adapter
-    # is the identity. LoraConfig.init_std (paper App. A's Gaussian A) is not applied: with
+    # is the identity. The paper's Gaussian A (App. A, std 0.01) is not used: with
     # σ = 0.01 the B gradients start ~100× smaller, too slow for the short CPU runs above.
     return peft.LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                            target_modules=list(lora.target_modules), task_type="CAUSAL_LM",
