@@ -25,11 +25,11 @@ from twinloop.api.schemas import (
     GenerateBody,
     GenerateResult,
     IngestBody,
-    IngestResult,
     LoraBody,
 )
 from twinloop.api.streaming import prefetch, sse, sse_response
 from twinloop.errors import ModelLoadError
+from twinloop.knowledge.store import IngestReport
 from twinloop.serving.pipeline import AnswerRequest
 from twinloop.serving.service import Service
 from twinloop.serving.types import GenResult, new_request_id
@@ -166,7 +166,7 @@ def feedback(body: FeedbackBody, svc: Service = Depends(service),
     return asdict(svc.feedback(body.request_id, body.score, body.correction, actor=who.key_id))
 
 
-@router.post("/v1/ingest", tags=["learning"], response_model=IngestResult,
+@router.post("/v1/ingest", tags=["learning"], response_model=IngestReport,
              summary="Add documents to a domain's index (one new revision)")
 def ingest(body: IngestBody, request: Request, svc: Service = Depends(service),
            who: Principal = Depends(require("operator"))) -> Any:

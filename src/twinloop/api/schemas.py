@@ -69,14 +69,6 @@ class IngestBody(_Body):
         min_length=1, description="Objects with ``text`` and citation metadata, as in the JSONL format.")
 
 
-class IngestResult(BaseModel):
-    domain: str
-    revision: int | None
-    added: int
-    skipped_duplicates: int
-    chunks: int
-    seconds: float
-
 
 class LoraBody(_Body):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._@:+-]{0,127}$",
