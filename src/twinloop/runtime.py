@@ -64,6 +64,20 @@ class Runtime:
         return Retriever(self.knowledge, k=cfg.k, tau=cfg.tau, fusion=cfg.fusion, lexical_weight=cfg.lexical_weight)
 
     @cached_property
+    def artifacts(self):
+        """Content-addressed artifact folders (adapters)."""
+        from twinloop.release.artifacts import ArtifactStore
+
+        return ArtifactStore(self.data_dir.artifacts)
+
+    @cached_property
+    def releases(self):
+        """Release records and the Active/Shadow pointers."""
+        from twinloop.release.registry import ReleaseRegistry
+
+        return ReleaseRegistry(self.db, self.artifacts)
+
+    @cached_property
     def router(self):
         from twinloop.routing import Router, RouterSpec
 

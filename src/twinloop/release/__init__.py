@@ -1,0 +1,1 @@
+"""Releases: content-addressed artifacts, release records, pointers (issues 5 and 6)."""
