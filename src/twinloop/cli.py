@@ -347,6 +347,83 @@ def quarantine(
     out.print(table)
 
 
+@app.command()
+def train(
+    domain: Annotated[list[str] | None, typer.Option("--domain", "-d", help="Only these domains (repeatable).")] = None,
+    steps: Annotated[int | None, typer.Option(help="Optimiser steps per domain (default training.steps).")] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate (default training.learning_rate).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed (default training.seed).")] = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """Train Shadow on the new samples in a worker process; print the candidate release."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from twinloop.learning.jobs import TrainJobs
+    from twinloop.learning.worker import start_training_job
+
+    rt = _runtime()
+    jid = start_training_job(rt, domain or None, steps, lr, seed)
+    jobs = TrainJobs(rt.db)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), console=err,
+                  disable=json_out) as bar:
+        task = bar.add_task(f"{jid} starting", total=None, loss="-")
+        while True:
+            job = jobs.get(jid)
+            p = job["progress"]
+            if p:
+                bar.update(task, description=f"{p['domain']} ({p['domain_index'] + 1}/{p['domains_total']})",
+                           completed=p["step"], total=p["total"], loss=f"{p['loss']:.4f}")
+            if job["status"] not in ("queued", "running"):
+                break
+            if jobs.reap_stale():
+                job = jobs.get(jid)
+                break
+            time.sleep(0.2)
+    if job["status"] != "succeeded":
+        raise TwinLoopError(f"training job {jid} {job['status']}: {job['error']}")
+    result = {"job_id": jid, "status": job["status"], **job["result"]}
+    if json_out:
+        _emit_json(result)
+        return
+    table = Table(title=f"candidate {result['release_id']} (shadow)", title_justify="left")
+    for col in ("domain", "samples", "steps", "final loss", "seconds", "adapter"):
+        table.add_column(col)
+    for name, d in result["domains"].items():
+        table.add_row(name, str(d["samples"]), str(d["steps"]), f"{d['final_loss']:.4f}", f"{d['seconds']:.1f}",
+                      d["adapter"][:12])
+    out.print(table)
+    out.print(f"parent {result['parent'] or '-'} · index revision {result['index_revision']} · "
+              f"{result['seconds']:.1f} s; Active unchanged")
+
+
+@app.command()
+def jobs(
+    limit: Annotated[int, typer.Option(help="Jobs to show, newest first.")] = 20,
+    json_out: JsonFlag = False,
+) -> None:
+    """List Shadow training jobs (stale ones whose worker died are marked failed first)."""
+    from twinloop.learning.jobs import TrainJobs
+
+    store = TrainJobs(_runtime().db)
+    store.reap_stale()
+    rows = store.list(limit)
+    for r in rows:
+        r["params"].pop("settings", None)
+    if json_out:
+        _emit_json(rows)
+        return
+    table = Table(title=f"Training jobs ({len(rows)} shown)", title_justify="left")
+    for col in ("id", "created", "status", "domains", "progress", "release / error"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        p = r["progress"]
+        prog = f"{p['domain']} {p['step']}/{p['total']}" if p else "-"
+        tail = (r["result"] or {}).get("release_id") or r["error"] or ""
+        table.add_row(r["id"], r["created_at"], r["status"], ", ".join(r["domains"]) or "all", prog, tail)
+    out.print(table)
+
+
 @app.command("domain-add")
 def domain_add(
     spec: Annotated[Path, typer.Argument(help="YAML file: name, description, examples, rules, policy.")],

@@ -26,10 +26,12 @@ from twinloop.api.schemas import (
     GenerateResult,
     IngestBody,
     LoraBody,
+    TrainBody,
 )
 from twinloop.api.streaming import prefetch, sse, sse_response
 from twinloop.errors import ModelLoadError
 from twinloop.knowledge.store import IngestReport
+from twinloop.learning.jobs import JobRunningError, TrainJobs, UnknownJobError
 from twinloop.serving.pipeline import AnswerRequest
 from twinloop.serving.service import Service
 from twinloop.serving.types import GenResult, new_request_id
@@ -218,3 +220,32 @@ def lora_delete(name: str, svc: Service = Depends(service),
     except TimeoutError as e:  # still held by in-flight requests
         raise ApiError(409, str(e), code="adapter_in_use", param="name") from e
     return {"name": name, "deleted": True}
+
+
+@router.post("/v1/admin/train", tags=["learning"], status_code=202,
+             summary="Start a Shadow training job (asynchronous; poll its status)")
+def train_start(body: TrainBody, svc: Service = Depends(service),
+                _: Principal = Depends(require("admin"))) -> dict[str, Any]:
+    """Spawn a worker that trains on the new samples and records a candidate release; Active is
+    never changed. 422 for an unknown domain or bad value, 409 while another job runs."""
+    from twinloop.learning.worker import start_training_job
+
+    try:
+        jid = start_training_job(svc.runtime, body.domains, body.steps, body.lr, body.seed)
+    except JobRunningError as e:
+        raise ApiError(409, str(e), code="training_in_progress") from e
+    return {"job_id": jid, "status": "queued"}
+
+
+@router.get("/v1/admin/train/{job_id}", tags=["learning"], summary="A training job's status, progress and result")
+def train_status(job_id: str, svc: Service = Depends(service),
+                 _: Principal = Depends(require("admin"))) -> dict[str, Any]:
+    """The job row (settings snapshot left out); 404 for an unknown id."""
+    jobs = TrainJobs(svc.runtime.db)
+    jobs.reap_stale()
+    try:
+        job = jobs.get(job_id)
+    except UnknownJobError as e:
+        raise ApiError(404, str(e), code="unknown_job", param="job_id") from e
+    job["params"].pop("settings", None)
+    return job

@@ -74,3 +74,11 @@ class LoraBody(_Body):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._@:+-]{0,127}$",
                       description="Resident adapter name, e.g. law@rel_ab12.")
     path: str = Field(min_length=1, max_length=4096, description="Folder of a PEFT adapter on the server.")
+
+
+class TrainBody(_Body):
+    domains: list[str] | None = Field(default=None, max_length=64,
+                                      description="Only these domains (default: every domain with new samples).")
+    steps: int | None = Field(default=None, ge=1, le=1_000_000, description="Optimiser steps per domain.")
+    lr: float | None = Field(default=None, gt=0.0, le=1.0, description="Peak learning rate.")
+    seed: int | None = Field(default=None, description="Seed (default training.seed).")

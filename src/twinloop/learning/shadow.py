@@ -1,0 +1,215 @@
+"""One Shadow run: new samples → adapters → one candidate release (issue 5 points 3–4).
+
+Crash safety comes from the order of the writes, each atomic on its own:
+
+1. each domain's adapter is trained into ``data_dir/tmp/<job id>/`` (renamed into place only
+   when complete, learning/trainer.py), then copied into the content-addressed artifact store
+   (atomic rename); an orphan artifact is harmless, since nothing names it yet;
+2. the candidate release is committed (one transaction; it names only verified artifacts);
+3. the "shadow" pointer moves to it (one transaction);
+4. the samples are marked used (one transaction), only now that a release holds what was
+   learned from them.
+
+A crash before 4 leaves the samples "new", so the next run trains on them again; a crash
+anywhere leaves Active untouched, because Shadow never writes the "active" pointer. The next
+run deletes the temporary folders of runs that are no longer alive.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from twinloop.errors import InvalidInputError, TwinLoopError, UnknownDomainError
+from twinloop.learning.intake import list_samples, mark_used
+from twinloop.learning.jobs import TrainJobs, pid_alive
+from twinloop.learning.replay import ReplayBuffer
+from twinloop.learning.sample import Sample
+
+log = logging.getLogger(__name__)
+
+REPLAY_RATIO = 0.5
+"""Share of each batch replayed from the domain's buffer (issue 5 point 3, "ratio configurable")."""
+MAX_SAMPLES = 100_000
+"""Upper bound on the new samples read per domain and run."""
+
+ShadowProgress = Callable[[dict[str, Any]], None]
+"""``progress(doc)`` after each step: ``domain``, ``domain_index``, ``domains_total``, ``step``,
+``total``, ``loss``."""
+
+
+class NothingToTrainError(TwinLoopError):
+    """No domain asked for has new samples."""
+
+
+def tmp_root(runtime) -> Path:
+    """Where Shadow runs build their adapters: ``data_dir/tmp/shadow``."""
+    p = Path(runtime.settings.data_dir) / "tmp" / "shadow"
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def clean_tmp(runtime, jobs: TrainJobs, keep: str | None = None) -> list[str]:
+    """Delete the temporary folders of runs whose worker is gone; returns the names removed.
+
+    A folder is named by its job id; it is kept only for ``keep`` and for live jobs whose
+    process is alive (another Shadow run, should one be running).
+    """
+    removed = []
+    for folder in tmp_root(runtime).iterdir():
+        if folder.name == keep:
+            continue
+        try:
+            job = jobs.get(folder.name)
+            alive = job["status"] in ("queued", "running") and pid_alive(job["pid"])
+        except TwinLoopError:
+            alive = False
+        if alive:
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder.name)
+    return removed
+
+
+def check_request(runtime, domains: list[str] | None, steps: int | None, lr: float | None,
+                  seed: int | None) -> list[str] | None:
+    """Validate a training request before a job is made for it; returns the domains, deduplicated.
+
+    Raises:
+        UnknownDomainError: A domain that is not configured.
+        InvalidInputError: ``steps`` < 1, a non-positive ``lr`` or a non-integer ``seed``.
+    """
+    if domains:
+        known = runtime.domains.names()
+        for d in domains:
+            if d not in known:
+                raise UnknownDomainError(f"unknown domain {d!r}; known: {', '.join(sorted(known))}")
+        domains = list(dict.fromkeys(domains))
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+        raise InvalidInputError(f"steps = {steps!r}: must be an integer ≥ 1")
+    if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < float("inf")):
+        raise InvalidInputError(f"lr = {lr!r}: must be a finite number > 0")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise InvalidInputError(f"seed = {seed!r}: must be an integer")
+    return domains or None
+
+
+def _registry(runtime):
+    from twinloop.release.artifacts import ArtifactStore
+    from twinloop.release.registry import ReleaseRegistry
+
+    return ReleaseRegistry(runtime.db, ArtifactStore(runtime.data_dir.artifacts))
+
+
+def _new_samples(runtime, domains: list[str] | None) -> dict[str, list[dict[str, Any]]]:
+    names = domains or sorted(runtime.domains.names())
+    found = {d: list_samples(runtime.db, d, status="new", limit=MAX_SAMPLES) for d in names}
+    return {d: rows for d, rows in found.items() if rows}
+
+
+def _sample(row: dict[str, Any]) -> Sample:
+    return Sample(domain=row["domain"], prompt=row["prompt"], target=row["target"], source=row["source"],
+                  request_id=row["request_id"], score=row["score"], meta=row["meta"])
+
+
+def run_shadow_training(runtime, job_id: str, domains: list[str] | None = None, steps: int | None = None,
+                        lr: float | None = None, seed: int | None = None,
+                        cancel: threading.Event | None = None, progress: ShadowProgress | None = None,
+                        threads: int | None = None) -> dict[str, Any]:
+    """Train every domain with new samples and record one candidate release; set "shadow" to it.
+
+    Uses ``runtime.foundation`` — call it in the worker process, whose base is its own copy.
+
+    Args:
+        runtime: The worker's runtime (settings, db, foundation, domains, knowledge, router).
+        job_id: Names the temporary folder and the lineage.
+        domains: Only these domains (default: every domain with new samples).
+        steps, lr, seed: Overrides of ``settings.training``.
+        cancel: Set to stop before the next step; nothing is recorded.
+        progress: Called after each step (see :data:`ShadowProgress`).
+        threads: Torch CPU threads for training.
+
+    Returns:
+        ``release_id``, ``parent``, ``index_revision``, ``seconds`` and per domain ``samples``,
+        ``steps``, ``final_loss``, ``seconds``, ``adapter`` (digest).
+
+    Raises:
+        NothingToTrainError: No new samples in the domains asked for.
+        TrainingCancelled: ``cancel`` was set.
+        UnknownDomainError, InvalidInputError: Bad request values.
+    """
+    from twinloop.learning.trainer import train_adapter
+
+    started = time.perf_counter()
+    settings = runtime.settings
+    domains = check_request(runtime, domains, steps, lr, seed)
+    jobs = TrainJobs(runtime.db)
+    clean_tmp(runtime, jobs, keep=job_id)
+    registry = _registry(runtime)
+    registry.artifacts.clean_temporaries()
+    work = tmp_root(runtime) / job_id
+    try:
+        todo = _new_samples(runtime, domains)
+        if not todo:
+            raise NothingToTrainError("no new training samples" + (f" for {', '.join(domains)}" if domains else ""))
+        parent_id = registry.pointer("active")
+        parent = registry.get(parent_id) if parent_id else None
+        adapters = dict(parent.adapters) if parent else {}
+        replay = ReplayBuffer(runtime.db, settings.replay)
+        seed_used = settings.training.seed if seed is None else seed
+        per_domain: dict[str, dict[str, Any]] = {}
+        lineage_domains: dict[str, dict[str, Any]] = {}
+        used_ids: list[int] = []
+        for i, (domain, rows) in enumerate(sorted(todo.items())):
+            previous = registry.artifacts.get("adapter", adapters[domain]) if domain in adapters else None
+
+            def on_step(step: int, total: int, loss: float, _d: str = domain, _i: int = i) -> None:
+                if progress is not None:
+                    progress({"domain": _d, "domain_index": _i, "domains_total": len(todo), "step": step,
+                              "total": total, "loss": loss})
+
+            work.mkdir(parents=True, exist_ok=True)
+            result = train_adapter(
+                runtime.foundation, [_sample(r) for r in rows], lora=settings.lora, ewc_cfg=settings.ewc,
+                training=settings.training, out_dir=work / domain, previous=previous, replay=replay,
+                domain=domain, replay_ratio=REPLAY_RATIO, steps=steps, lr=lr, seed=seed_used, threads=threads,
+                progress=on_step, cancel=cancel)
+            artifact = registry.artifacts.put_dir(result.out_dir, "adapter")
+            adapters[domain] = artifact.digest
+            used_ids += [r["id"] for r in rows]
+            metrics = {"steps": result.steps, "final_loss": result.final_loss, "losses": result.losses,
+                       "seconds": round(result.seconds, 3), "replayed": result.replayed,
+                       "trainable_parameters": result.trainable_parameters}
+            lineage_domains[domain] = {"samples": [r["sha256"] for r in rows], "sample_ids": [r["id"] for r in rows],
+                                       "previous_adapter": parent.adapters.get(domain) if parent else None,
+                                       "adapter": artifact.digest, "metrics": metrics}
+            per_domain[domain] = {"samples": len(rows), "steps": result.steps, "final_loss": result.final_loss,
+                                  "seconds": round(result.seconds, 3), "adapter": artifact.digest}
+        lineage = {
+            "job_id": job_id, "parent": parent_id, "base": runtime.foundation.name, "seed": seed_used,
+            "hyperparameters": {
+                "steps": steps or settings.training.steps, "learning_rate": lr or settings.training.learning_rate,
+                "replay_ratio": REPLAY_RATIO, "lora": settings.lora.model_dump(mode="json"),
+                "ewc": settings.ewc.model_dump(mode="json"), "training": settings.training.model_dump(mode="json"),
+            },
+            "domains": lineage_domains,
+        }
+        index_revision = runtime.knowledge.current_revision()
+        release = registry.create_candidate(parent_id, adapters, index_revision, runtime.router.spec.to_json(),
+                                            lineage)
+        registry.set_pointer("shadow", release.id)
+        # Last: only now does a committed release hold what these samples taught.
+        with runtime.db.transaction() as conn:
+            mark_used(conn, used_ids)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return {"release_id": release.id, "parent": parent_id, "index_revision": index_revision,
+            "domains": per_domain, "seconds": round(time.perf_counter() - started, 3)}
+
+
+__all__ = ["NothingToTrainError", "REPLAY_RATIO", "check_request", "clean_tmp", "run_shadow_training"]
