@@ -118,6 +118,9 @@ class ReplayConfig(_Section):
     """Minimum priority: p = |loss| + ε (paper, App. A)."""
     batch_size: int = Field(default=32, ge=1)
     """Items drawn per replay sample (paper, App. A)."""
+    mix_ratio: float = Field(default=0.5, ge=0.0, lt=1.0)
+    """Share of each training batch drawn from the replay buffer (the rest is new data);
+    half and half keeps old knowledge rehearsed without starving the new facts (issue 5)."""
 
 
 class TrainingConfig(_Section):

@@ -33,8 +33,6 @@ from twinloop.learning.sample import Sample
 
 log = logging.getLogger(__name__)
 
-REPLAY_RATIO = 0.5
-"""Share of each batch replayed from the domain's buffer (issue 5 point 3, "ratio configurable")."""
 MAX_SAMPLES = 100_000
 """Upper bound on the new samples read per domain and run."""
 
@@ -174,11 +172,15 @@ def run_shadow_training(runtime, job_id: str, domains: list[str] | None = None, 
                               "total": total, "loss": loss})
 
             work.mkdir(parents=True, exist_ok=True)
+            # A batch never holds more items than exist (new + replayable): the paper's 32
+            # would repeat three corrections ten times each per step, ~16x the CPU cost of
+            # the same learning signal (measured: 10.4 s vs 0.45 s per step).
+            batch = max(1, min(settings.training.batch_size, len(rows) + replay.size(domain)))
             result = train_adapter(
                 runtime.foundation, [_sample(r) for r in rows], lora=settings.lora, ewc_cfg=settings.ewc,
                 training=settings.training, out_dir=work / domain, previous=previous, replay=replay,
-                domain=domain, replay_ratio=REPLAY_RATIO, steps=steps, lr=lr, seed=seed_used, threads=threads,
-                progress=on_step, cancel=cancel)
+                domain=domain, replay_ratio=settings.replay.mix_ratio, steps=steps, lr=lr, seed=seed_used,
+                threads=threads, batch_size=batch, progress=on_step, cancel=cancel)
             artifact = registry.artifacts.put_dir(result.out_dir, "adapter")
             adapters[domain] = artifact.digest
             used_ids += [r["id"] for r in rows]
@@ -194,7 +196,7 @@ def run_shadow_training(runtime, job_id: str, domains: list[str] | None = None, 
             "job_id": job_id, "parent": parent_id, "base": runtime.foundation.name, "seed": seed_used,
             "hyperparameters": {
                 "steps": steps or settings.training.steps, "learning_rate": lr or settings.training.learning_rate,
-                "replay_ratio": REPLAY_RATIO, "lora": settings.lora.model_dump(mode="json"),
+                "replay_ratio": settings.replay.mix_ratio, "lora": settings.lora.model_dump(mode="json"),
                 "ewc": settings.ewc.model_dump(mode="json"), "training": settings.training.model_dump(mode="json"),
             },
             "domains": lineage_domains,
@@ -212,4 +214,4 @@ def run_shadow_training(runtime, job_id: str, domains: list[str] | None = None, 
             "domains": per_domain, "seconds": round(time.perf_counter() - started, 3)}
 
 
-__all__ = ["NothingToTrainError", "REPLAY_RATIO", "check_request", "clean_tmp", "run_shadow_training"]
+__all__ = ["NothingToTrainError", "check_request", "clean_tmp", "run_shadow_training"]
