@@ -249,3 +249,14 @@ def train_status(job_id: str, svc: Service = Depends(service),
         raise ApiError(404, str(e), code="unknown_job", param="job_id") from e
     job["params"].pop("settings", None)
     return job
+
+
+@router.get("/v1/admin/quarantine", tags=["learning"], summary="Feedback the filters rejected, newest first")
+def quarantine_list(domain: str | None = None, limit: int = 100, svc: Service = Depends(service),
+                    _: Principal = Depends(require("admin"))) -> dict[str, Any]:
+    """Rejected samples with stage and reason; their text is stored (and shown) redacted."""
+    from twinloop.learning.quarantine import list_quarantine
+
+    if not 1 <= limit <= 1000:
+        raise ApiError(422, f"limit = {limit}: must be between 1 and 1000", code="invalid_value", param="limit")
+    return {"items": list_quarantine(svc.runtime.db, domain, limit)}

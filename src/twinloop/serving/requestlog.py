@@ -2,8 +2,9 @@
 
 Every answered request is recorded with the release that answered it, so feedback on it can
 later be traced to a release and used by Shadow (issue 5) together with the question and
-the answer. User ids are stored only as salted SHA-256 digests. Request and answer text live
-here, in the database, and never in the process logs.
+the answer. User ids are stored only as salted SHA-256 digests. Question, answer and
+correction text are PII-redacted before they are written (issue 5: nothing personal reaches
+storage), and never appear in the process logs.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 from twinloop.db import Database
 from twinloop.errors import InvalidInputError, TwinLoopError
+from twinloop.learning.pii import PiiRedactor
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS requests(
@@ -70,7 +72,11 @@ class RequestLog:
     def __init__(self, db: Database, salt: str = "twinloop") -> None:
         self.db = db
         self.salt = salt
+        self.redactor = PiiRedactor()
         db.ensure_schema("requestlog", SCHEMA)
+
+    def _redact(self, text: str | None) -> str | None:
+        return None if text is None else self.redactor.redact(text).text
 
     def user_hash(self, user_id: str | None) -> str | None:
         if not user_id:
@@ -89,7 +95,7 @@ class RequestLog:
                 " domains, adapter, query, answer, verified, status, citations, latency_ms, error)"
                 " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (request_id, now, kind, self.user_hash(user_id), session_id, release_id, json.dumps(domains),
-                 adapter, query, answer, None if verified is None else int(verified), status,
+                 adapter, self._redact(query), self._redact(answer), None if verified is None else int(verified), status,
                  json.dumps(citations or []), latency_ms, error),
             )
 
@@ -109,6 +115,7 @@ class RequestLog:
             raise InvalidInputError(f"score = {score!r}: must be a number from -1 (bad) to 1 (good)")
         if correction is not None and len(correction) > MAX_CORRECTION_CHARS:
             raise InvalidInputError(f"correction is {len(correction)} characters, over {MAX_CORRECTION_CHARS}")
+        correction = self._redact(correction)
         now = datetime.now(UTC).isoformat(timespec="milliseconds")
         with self.db.transaction() as conn:
             if conn.execute("SELECT 1 FROM requests WHERE request_id=?", (request_id,)).fetchone() is None:
@@ -119,14 +126,24 @@ class RequestLog:
             ).lastrowid
         return FeedbackRecord(int(fid), request_id, float(score), correction, now)
 
-    def feedback_joined(self, status: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+    def feedback_joined(self, status: str | None = None, limit: int = 1000,
+                        feedback_id: int | None = None) -> list[dict[str, Any]]:
         """Feedback rows with their request's question, answer, domains and release."""
         sql = ("SELECT f.id, f.request_id, f.created_at, f.score, f.correction, f.status, r.query, r.answer,"
                " r.domains, r.release_id, r.adapter FROM feedback f JOIN requests r USING (request_id)")
-        params: tuple = ()
+        conds, params = [], []
         if status is not None:
-            sql += " WHERE f.status = ?"
-            params = (status,)
+            conds.append("f.status = ?")
+            params.append(status)
+        if feedback_id is not None:
+            conds.append("f.id = ?")
+            params.append(feedback_id)
+        if conds:
+            sql += " WHERE " + " AND ".join(conds)
         sql += " ORDER BY f.id LIMIT ?"
         rows = self.db.conn.execute(sql, (*params, limit)).fetchall()
         return [dict(r) | {"domains": json.loads(r["domains"])} for r in rows]
+
+    def set_feedback_status(self, feedback_id: int, status: str) -> None:
+        with self.db.transaction() as conn:
+            conn.execute("UPDATE feedback SET status=? WHERE id=?", (status, feedback_id))

@@ -118,7 +118,17 @@ class Service:
     # -- intake ------------------------------------------------------------------------------
 
     def feedback(self, request_id: str, score: float, correction: str | None, actor: str | None) -> FeedbackRecord:
-        return self.requestlog.add_feedback(request_id, score, correction, actor)
+        """Store feedback (redacted) and pass it through the learning filters at once, so an
+        accepted correction is a training sample for Shadow and a rejected one sits in the
+        quarantine with its reason (issue 5 point 1)."""
+        from twinloop.learning.intake import FeedbackIntake
+
+        record = self.requestlog.add_feedback(request_id, score, correction, actor)
+        report, skipped = FeedbackIntake(self.runtime.db, self.runtime.domains).submit_feedback(
+            self.requestlog.feedback_joined(feedback_id=record.id))
+        status = "accepted" if report.accepted else ("quarantined" if report.rejected else "not_trainable")
+        self.requestlog.set_feedback_status(record.id, status)
+        return record
 
     def ingest(self, domain: str, documents: list[dict[str, Any]], actor: str | None = None) -> IngestReport:
         self.runtime.domains.get(domain)
