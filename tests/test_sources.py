@@ -19,7 +19,8 @@ import pytest
 import yaml
 
 from twinloop.errors import InvalidInputError
-from twinloop.knowledge.document import Document, documents_from_jsonl, normalise_text
+from twinloop.knowledge.document import Document, normalise_text
+from twinloop.knowledge.sources import documents_from_jsonl
 from twinloop.knowledge.sources import (
     FORMATS,
     detect_and_load,

@@ -8,7 +8,6 @@ joins two, so a chunk always cites exactly one document.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import unicodedata
 from datetime import date
@@ -163,21 +162,3 @@ def citation_label(citation: dict[str, Any]) -> str:
     if citation.get("edition_date"):
         out += f" [{citation['edition_date']}]"
     return out
-
-
-def documents_from_jsonl(text: str, where: str = "input") -> list[Document]:
-    """Parse JSONL (one document per line); blank lines are ignored.
-
-    Raises:
-        InvalidInputError: Naming the line and the bad field; nothing is returned partially.
-    """
-    docs = []
-    for n, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise InvalidInputError(f"{where} line {n}: not valid JSON ({e.msg})") from e
-        docs.append(Document.parse(obj, f"{where} line {n}"))
-    return docs

@@ -17,6 +17,7 @@ from typing import Any
 from twinloop import __version__
 from twinloop.errors import InvalidInputError
 from twinloop.knowledge.store import IngestReport
+from twinloop.learning.intake import FeedbackIntake
 from twinloop.runtime import Runtime
 from twinloop.serving.pipeline import AnswerPipeline, AnswerRequest
 from twinloop.serving.release import ServingRelease
@@ -40,6 +41,8 @@ class Service:
         self.settings = runtime.settings
         self.started_at = time.time()
         self.requestlog = RequestLog(runtime.db, salt=self.settings.canary.salt)
+        # Built once: its filter pipeline loads word lists and compiles patterns.
+        self.intake = FeedbackIntake(runtime.db, runtime.domains)
         self.adapters = AdapterRegistry(runtime.foundation)
         self.engine = GenerationEngine(runtime.foundation, self.adapters, self.settings.serving)
         self.pipeline = AnswerPipeline(runtime.retriever, runtime.domains, self.requestlog, self.settings.serving,
@@ -121,10 +124,8 @@ class Service:
         """Store feedback (redacted) and pass it through the learning filters at once, so an
         accepted correction is a training sample for Shadow and a rejected one sits in the
         quarantine with its reason (issue 5 point 1)."""
-        from twinloop.learning.intake import FeedbackIntake
-
         record = self.requestlog.add_feedback(request_id, score, correction, actor)
-        report, skipped = FeedbackIntake(self.runtime.db, self.runtime.domains).submit_feedback(
+        report, _skipped = self.intake.submit_feedback(
             self.requestlog.feedback_joined(feedback_id=record.id))
         status = "accepted" if report.accepted else ("quarantined" if report.rejected else "not_trainable")
         self.requestlog.set_feedback_status(record.id, status)

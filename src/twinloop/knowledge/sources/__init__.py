@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from twinloop.errors import InvalidInputError
-from twinloop.knowledge.document import Document, documents_from_jsonl
+from twinloop.knowledge.document import Document
 from twinloop.knowledge.sources.editions import load_law_editions
 from twinloop.knowledge.sources.gdpr import load_gdpr
 from twinloop.knowledge.sources.legalbench import load_rule_qa
@@ -24,7 +24,7 @@ from twinloop.knowledge.sources.markdown import TEXT_SUFFIXES, load_markdown_fil
 from twinloop.knowledge.sources.medquad import load_medquad, load_medquad_questions
 from twinloop.knowledge.sources.pubmedqa import load_pubmedqa, load_pubmedqa_questions
 from twinloop.knowledge.sources.qa import QAItem
-from twinloop.knowledge.sources.reading import read_text
+from twinloop.knowledge.sources.reading import parse_jsonl, read_text
 from twinloop.knowledge.sources.tatqa import load_tatqa, load_tatqa_questions
 
 __all__ = [
@@ -32,6 +32,7 @@ __all__ = [
     "Format",
     "QAItem",
     "detect_and_load",
+    "documents_from_jsonl",
     "detect_format",
     "load_documents_jsonl",
     "load_gdpr",
@@ -47,6 +48,15 @@ __all__ = [
     "load_tatqa",
     "load_tatqa_questions",
 ]
+
+
+def documents_from_jsonl(text: str, where: str = "input") -> list[Document]:
+    """Documents from JSONL text, one per non-blank line; a bad line rejects the whole text.
+
+    Raises:
+        InvalidInputError: Naming ``where``, the line and the bad field.
+    """
+    return [Document.parse(obj, f"{where} line {n}") for n, obj in parse_jsonl(text, where)]
 
 
 def load_documents_jsonl(path: str | Path) -> list[Document]:

@@ -53,17 +53,26 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     Raises:
         InvalidInputError: Naming the path and the line that is not a JSON object.
     """
+    return [obj for _n, obj in parse_jsonl(read_text(path), str(path))]
+
+
+def parse_jsonl(text: str, where: str) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, object) for every non-blank line of JSON-lines text.
+
+    Raises:
+        InvalidInputError: Naming ``where`` and the line that is not a JSON object.
+    """
     rows = []
-    for n, line in enumerate(read_text(path).splitlines(), start=1):
+    for n, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
-            raise InvalidInputError(f"{path} line {n}: not valid JSON ({e.msg})") from e
+            raise InvalidInputError(f"{where} line {n}: not valid JSON ({e.msg})") from e
         if not isinstance(obj, dict):
-            raise InvalidInputError(f"{path} line {n}: expected a JSON object, got {type(obj).__name__}")
-        rows.append(obj)
+            raise InvalidInputError(f"{where} line {n}: expected a JSON object, got {type(obj).__name__}")
+        rows.append((n, obj))
     return rows
 
 
