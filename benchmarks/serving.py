@@ -25,11 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
+from _releases import candidate_with_adapters
 from twinloop.config import load_settings
 from twinloop.knowledge.seed import seed_packs
 from twinloop.runtime import Runtime
 from twinloop.serving.pipeline import AnswerRequest
-from twinloop.serving.release import ServingRelease
 from twinloop.serving.service import Service
 
 QUESTIONS = [
@@ -145,24 +145,24 @@ def main() -> None:
             finally:
                 service.stop()
 
-        # Adapter overhead: same load with every domain on a LoRA adapter.
-        from peft import LoraConfig
-
+        # Adapter overhead: same load with every domain on a LoRA adapter — a real release,
+        # swapped in and rolled back like any other.
         rt.settings = base
+        plain = rt.releases.ensure_base(rt.router.spec.to_json(), rt.knowledge.current_revision(),
+                                        rt.foundation.name).id
+        adapted = candidate_with_adapters(rt, Path(tmp))
         service = Service(rt)
-        lcfg = base.lora
-        service.adapters.add("bench@adapter", LoraConfig(r=lcfg.r, lora_alpha=lcfg.alpha, lora_dropout=0.0,
-                                                         target_modules=list(lcfg.target_modules)))
         service.start()
         c = args.overhead_concurrency
         overhead: dict = {}
         try:
             for workload, call in WORKLOADS.items():
-                service.set_active(ServingRelease(id="base", router=rt.router))
+                if service.active.id != plain:
+                    service.control.rollback(actor="bench", reason="benchmark", to=plain)
+                    rt.releases.set_status(adapted, "superseded")  # may be swapped in again
                 run(service, 1, 2, args.max_tokens, call)
                 base_run = run(service, c, args.requests, args.max_tokens, call)
-                service.set_active(ServingRelease(id="bench-adapters", router=rt.router,
-                                                  adapters={d: "bench@adapter" for d in rt.domains.names()}))
+                service.control.swap(adapted, actor="bench", reason="benchmark", force=True)
                 if workload == "generate":
                     # Plain generation has no domain; route it through the adapter explicitly.
                     call = adapter_generate_call

@@ -11,10 +11,7 @@ import torch
 from helpers import wide_tiny_foundation
 from peft import LoraConfig, PeftModelForCausalLM
 
-from twinloop.config import FoundationConfig
-from twinloop.datadir import DataDir
 from twinloop.errors import InvalidInputError, ModelLoadError
-from twinloop.foundation import load_foundation
 from twinloop.serving.adapters import AdapterRegistry
 from twinloop.serving.types import BASE_ADAPTER
 

@@ -15,10 +15,8 @@ import torch
 from helpers import wide_tiny_foundation
 from peft import LoraConfig, PeftModel
 
-from twinloop.config import FoundationConfig, ServingConfig
-from twinloop.datadir import DataDir
+from twinloop.config import ServingConfig
 from twinloop.errors import InvalidInputError
-from twinloop.foundation import load_foundation
 from twinloop.serving.adapters import AdapterRegistry
 from twinloop.serving.engine import EngineStoppedError, GenerationEngine, QueueFullError, _Detokenizer
 from twinloop.serving.types import BASE_ADAPTER, GenRequest

@@ -209,6 +209,10 @@ def ingest(
     rt.domains.get(domain)  # fail on an unknown domain before reading anything
     docs = detect_and_load(path)
     report = rt.knowledge.ingest(domain, docs, note=note or f"ingest {path}")
+    from twinloop.serving.control import cli_actor
+    from twinloop.serving.service import audit_ingest
+
+    audit_ingest(rt, report, actor=cli_actor(), via=f"cli ({path.name})")
     _print_ingest([report], json_out)
 
 
@@ -239,7 +243,13 @@ def remove(
     """Remove documents as a new revision (older pinned views keep them unless --erase)."""
     from dataclasses import asdict
 
-    rep = _runtime().knowledge.remove(domain, uris=uri or (), doc_ids=doc_id or (), erase=erase, note=note)
+    from twinloop.serving.control import cli_actor
+
+    rt = _runtime()
+    rep = rt.knowledge.remove(domain, uris=uri or (), doc_ids=doc_id or (), erase=erase, note=note)
+    if rep.removed:
+        rt.events.append("knowledge.removed", actor=cli_actor(), subject=domain, reason=note or "",
+                         data={"revision": rep.revision, "removed": rep.removed, "erased": erase})
     if json_out:
         _emit_json(asdict(rep))
     else:
@@ -463,6 +473,10 @@ def serve(
     from twinloop.api.server import serve as run_server
 
     run_server(config or _state.config_path, _state.data_dir, host=host, port=port)
+
+
+# The release commands live in their own module (registered on ``app`` when imported).
+from twinloop import cli_release  # noqa: E402,F401
 
 
 def main() -> None:

@@ -205,12 +205,33 @@ class QaConfig(_Section):
     """Minimum share of held-out cases answered correctly (paper, App. A)."""
     toxicity: float = Field(default=0.05, ge=0.0, le=1.0)
     """Maximum share of toxic answers (paper, App. A)."""
-    factuality: float = Field(default=0.60, ge=0.0, le=1.0)
-    """Minimum share of answers whose claims are supported by sources (paper, App. A)."""
+    citation_rate: float = Field(default=0.60, ge=0.0, le=1.0)
+    """Minimum share of the cases needing a citation whose answer cites a retrieved source
+    (paper, App. A "Factuality"; §5.1 scores factuality as ``has_citations``). The paper's
+    name ``factuality`` is still accepted in a settings file."""
     latency_p95_ms: float = Field(default=500.0, gt=0.0)
-    """Maximum 95th-percentile latency (paper, App. A)."""
+    """Maximum 95th-percentile latency (paper, App. A), unless ``latency_factor`` allows more."""
+    latency_factor: float = Field(default=1.5, ge=1.0)
+    """The latency gate's limit is ``max(latency_p95_ms, latency_factor × Active's p95)``, with
+    Active's p95 measured in the same dry run. The paper's 500 ms is for a GPU server; on a
+    CPU host the Active release itself is slower than that, and a candidate must not be
+    blocked for being as fast as what it replaces, only for being markedly (here 50 %) slower."""
     error_rate: float = Field(default=0.10, ge=0.0, le=1.0)
     """Maximum share of failed requests (paper, App. A)."""
+    regression_tolerance: float = Field(default=0.0, ge=0.0, le=1.0)
+    """Forgetting check (issue 6): in every domain the candidate's pass rate must be at least
+    Active's minus this. 0 because a held-out set is small and hand-checked: any case a
+    domain loses is a regression a human should look at before promoting."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _factuality_is_citation_rate(cls, data: Any) -> Any:
+        # Settings files written with the paper's name (App. A "Factuality") keep loading.
+        if isinstance(data, dict) and "factuality" in data:
+            if "citation_rate" in data:
+                raise ValueError("give citation_rate or its old name factuality, not both")
+            data = {("citation_rate" if k == "factuality" else k): v for k, v in data.items()}
+        return data
 
 
 class CanaryConfig(_Section):
@@ -220,8 +241,30 @@ class CanaryConfig(_Section):
     """Share of users sent to Shadow (paper, App. A: 5 %)."""
     min_queries: int = Field(default=100, ge=1)
     """Canary queries needed before a decision (paper, App. A)."""
+    max_queries: int = Field(default=1000, ge=1)
+    """Shadow queries after which an still-inconclusive error comparison aborts the canary
+    (a release that cannot be shown no worse in 10× the minimum is not promoted)."""
     abort_error_factor: float = Field(default=2.0, gt=1.0)
     """Abort early when Shadow's error rate exceeds this multiple of Active's (paper, App. A)."""
+    abort_min_requests: int = Field(default=10, ge=1)
+    """Shadow requests needed before an early abort may fire; with fewer, one unlucky error
+    would already be "2× Active's rate". Same count as the circuit breaker's window."""
+    max_toxicity: float = Field(default=0.05, ge=0.0, le=1.0)
+    """Maximum share of toxic Shadow answers; above it the canary aborts at once (paper §5.2)."""
+    error_margin: float = Field(default=0.05, ge=0.0, le=1.0)
+    """How much higher Shadow's error rate may be than Active's (paper §5.2: "≤ active + 5%"),
+    judged on the upper 95 % confidence bound of the difference, not the raw rates."""
+    latency_margin: float = Field(default=0.25, ge=0.0)
+    """Allowed relative increase of Shadow's latency p95 over Active's (0.25 = 25 % slower).
+    Relative rather than the paper's "+50 ms" (§5.2) because CPU latencies are seconds."""
+    min_feedback: int = Field(default=5, ge=2)
+    """Feedback scores each arm needs before feedback can block a promotion; fewer cannot
+    support a test (and a variance needs at least 2)."""
+    alpha: float = Field(default=0.05, gt=0.0, lt=0.5)
+    """Significance level of the one-sided tests on latency and feedback (the usual 5 %)."""
+    mode: Literal["split", "mirror"] = "split"
+    """``split`` answers the canary users with Shadow; ``mirror`` sends Shadow a copy of the
+    traffic and discards its answers, so users never see the candidate."""
     salt: str = "twinloop"
     """Salt of the hash(user_id + salt) split; change it to reshuffle who is in the canary."""
 
@@ -230,13 +273,47 @@ class BreakerConfig(_Section):
     """Circuit breaker (paper §5.5, App. A)."""
 
     failure_threshold: float = Field(default=0.5, gt=0.0, le=1.0)
-    """Error share that opens the breaker (paper, App. A: 50 %)."""
+    """Error share that opens the breaker once reached (≥; paper, App. A: 50 %). The paper
+    writes "> 0.5" in §5.5 but issue 6 says "opens at 50 % errors", so 5 of 10 opens."""
     min_requests: int = Field(default=10, ge=1)
-    """Requests in the window before the share is judged (paper, App. A)."""
+    """Size of the sliding window of latest outcomes; the share is judged only once it is full
+    (paper, App. A)."""
     recovery_timeout_s: float = Field(default=60.0, gt=0.0)
     """Seconds OPEN before trying HALF_OPEN (paper, App. A)."""
     half_open_successes: int = Field(default=3, ge=1)
     """Successes in HALF_OPEN that close it again (paper, App. A)."""
+
+
+class RollbackConfig(_Section):
+    """Automatic rollback after a swap (paper §5.4, issue 6 point 6)."""
+
+    error_rate: float = Field(default=0.15, gt=0.0, le=1.0)
+    """Error share of the new Active that triggers a rollback (paper §5.4: 15 %, 3× baseline)."""
+    latency_p95_ms: float = Field(default=1000.0, gt=0.0)
+    """p95 latency floor of the trigger (paper §5.4: 1000 ms, 2× the QA threshold)."""
+    latency_factor: float = Field(default=2.0, gt=1.0)
+    """Latency also triggers only above this multiple of the p95 measured before the swap: on a
+    CPU host a healthy release is already slower than the paper's 1000 ms."""
+    min_requests: int = Field(default=10, ge=1)
+    """Requests on the new Active before the triggers are judged (like the breaker's window)."""
+    window: int = Field(default=50, ge=1)
+    """Most recent requests the triggers look at."""
+    watch_s: float = Field(default=600.0, gt=0.0)
+    """How long after a swap the watch runs; later degradation is the breaker's and the operator's."""
+
+
+class ReleaseConfig(_Section):
+    """The release flow: gates required before a swap, and how a server follows the registry."""
+
+    require_qa: bool = True
+    """A swap needs a passed QA report (paper §5.1); ``--force`` overrides, and is audited."""
+    require_canary: bool = True
+    """A swap needs a passed canary (paper §5.2); ``--force`` overrides, and is audited."""
+    auto_swap: bool = True
+    """Swap as soon as a canary passes, when every approval the domains require is in."""
+    poll_s: float = Field(default=1.0, gt=0.0)
+    """How often a server re-reads the Active pointer and canary state, so a ``twinloop swap``
+    or ``canary start`` run from the CLI on the same data directory takes effect."""
 
 
 class RetentionConfig(_Section):
@@ -318,6 +395,8 @@ class Settings(BaseSettings):
     canary: CanaryConfig = CanaryConfig()
     breaker: BreakerConfig = BreakerConfig()
     retention: RetentionConfig = RetentionConfig()
+    rollback: RollbackConfig = RollbackConfig()
+    release: ReleaseConfig = ReleaseConfig()
     serving: ServingConfig = ServingConfig()
     api: ApiConfig = ApiConfig()
 

@@ -71,11 +71,18 @@ class Runtime:
         return ArtifactStore(self.data_dir.artifacts)
 
     @cached_property
+    def events(self):
+        """The hash-chained audit log."""
+        from twinloop.release.events import EventStore
+
+        return EventStore(self.db)
+
+    @cached_property
     def releases(self):
         """Release records and the Active/Shadow pointers."""
         from twinloop.release.registry import ReleaseRegistry
 
-        return ReleaseRegistry(self.db, self.artifacts)
+        return ReleaseRegistry(self.db, self.artifacts, self.events)
 
     @cached_property
     def router(self):

@@ -33,18 +33,23 @@ feedback and document intake for the learning loop, adapter management and metri
 
 Send an API key as `Authorization: Bearer <key>` or `X-API-Key: <key>`. Roles: **reader**
 (answer, generate, chat, models, info, metrics), **operator** (+ feedback, ingest),
-**admin** (+ `/v1/lora`). Errors use OpenAI's shape `{"error": {message, type, param, code}}`.
+**admin** (+ `/v1/lora`, training and the release flow under `/v1/admin`: QA, canary,
+swap, rollback, releases, approvals, audit events, faults, retention). Errors use OpenAI's shape `{"error": {message, type, param, code}}`.
 """
 
 
-def audit_auth_failure(metrics: ApiMetrics, failure: AuthFailure) -> None:
-    """Every refused request passes here once: count it and log it (key hash prefix only).
-
-    The one place to hook the audit log into (issue 6's release actions will want it).
-    """
+def audit_auth_failure(metrics: ApiMetrics, events, failure: AuthFailure) -> None:
+    """Every refused request passes here once: count it, log it and write it to the audit log
+    (issue 6 point 2) — with the key's hash prefix only, never the key."""
     metrics.auth_failures.labels(reason=failure.reason).inc()
     log.warning("auth failure", extra={"request_id": failure.request_id, "reason": failure.reason,
                                        "route": failure.route, "key": failure.key_id, "required": failure.required})
+    try:
+        events.append("auth.failed", actor=f"key:{failure.key_id}" if failure.key_id else "anonymous",
+                      subject=failure.route, reason=failure.reason,
+                      data={"required": failure.required, "request_id": failure.request_id})
+    except Exception:  # the refusal stands even if the log is unwritable; the log line has it
+        log.exception("could not write the auth failure to the audit log")
 
 
 def create_app(service: Service, settings: Settings | None = None) -> FastAPI:
@@ -62,7 +67,8 @@ def create_app(service: Service, settings: Settings | None = None) -> FastAPI:
     api = settings.api
     check_bind(api)
     metrics = ApiMetrics()
-    keys = KeyStore(api, on_failure=lambda f: audit_auth_failure(metrics, f))
+    events = service.runtime.events
+    keys = KeyStore(api, on_failure=lambda f: audit_auth_failure(metrics, events, f))
     if keys.open:
         log.warning("no API keys configured: the API is open to every local process", extra={"host": api.host})
 
@@ -86,9 +92,10 @@ def create_app(service: Service, settings: Settings | None = None) -> FastAPI:
     service.engine.add_observer(EngineObserver(metrics))
     errors.install(app)
 
-    from twinloop.api import openai_compat, routes
+    from twinloop.api import admin, openai_compat, routes
 
     app.include_router(routes.router)
+    app.include_router(admin.router)
     app.include_router(openai_compat.router)
     # Added last = outermost: every response, a 413 or a 500 included, gets a request id,
     # an access-log line and a latency observation.

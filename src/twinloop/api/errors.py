@@ -17,6 +17,10 @@ no / invalid API key                         401    ``missing_api_key``, ``inval
 key without the role                         403    ``insufficient_role``
 rate limit / engine queue full               429    ``rate_limit_exceeded``, ``queue_full``
 engine stopped (shutting down)               503    ``engine_stopped``
+circuit breaker open, no fallback possible   503    ``circuit_open``
+fault injected by an operator                503    ``injected_fault``
+release gate not passed / approval missing   409    ``gate_failed``
+a canary is already running                  409    ``canary_running``
 anything unexpected                          500    ``internal_error`` (no detail)
 ==========================================  ======  ==========================
 
@@ -105,6 +109,19 @@ def to_api_error(exc: BaseException) -> ApiError | None:
     if isinstance(exc, EngineStoppedError):
         return ApiError(503, "the generation engine is stopping; retry shortly", code="engine_stopped",
                         headers=retry_after(ENGINE_STOPPED_RETRY_S))
+    from twinloop.release.canary import CanaryRunningError
+    from twinloop.release.promotion import GateError
+    from twinloop.serving.faults import InjectedFault
+    from twinloop.serving.service import BreakerOpenError
+
+    if isinstance(exc, BreakerOpenError):
+        return ApiError(503, str(exc), code="circuit_open", headers=retry_after(exc.retry_after_s))
+    if isinstance(exc, InjectedFault):
+        return ApiError(503, str(exc), code="injected_fault")
+    if isinstance(exc, GateError):
+        return ApiError(409, str(exc), code="gate_failed")
+    if isinstance(exc, CanaryRunningError):
+        return ApiError(409, str(exc), code="canary_running")
     if isinstance(exc, UnknownDomainError):
         return ApiError(422, str(exc), code="unknown_domain", param="domain")
     if isinstance(exc, UnknownRequestError):

@@ -7,7 +7,7 @@ we do not use.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -82,3 +82,41 @@ class TrainBody(_Body):
     steps: int | None = Field(default=None, ge=1, le=1_000_000, description="Optimiser steps per domain.")
     lr: float | None = Field(default=None, gt=0.0, le=1.0, description="Peak learning rate.")
     seed: int | None = Field(default=None, description="Seed (default training.seed).")
+
+
+class QaBody(_Body):
+    release: str | None = Field(default=None, max_length=64, description="Candidate (default: Shadow).")
+    max_tokens: int | None = Field(default=None, ge=1, le=4096, description="Answer length per case.")
+
+
+class CanaryBody(_Body):
+    release: str | None = Field(default=None, max_length=64, description="Candidate (default: Shadow).")
+    ratio: float | None = Field(default=None, gt=0.0, le=1.0, description="Share of users (default canary.ratio).")
+    mode: Literal["split", "mirror"] | None = Field(default=None, description="split answers canary users with "
+                                                    "the candidate; mirror only copies traffic to it.")
+    reason: str = Field(default="", max_length=500)
+
+
+class SwapBody(_Body):
+    release: str | None = Field(default=None, max_length=64, description="Release to promote (default: Shadow).")
+    force: bool = Field(default=False, description="Skip the QA and canary gates (audited); never approvals.")
+    reason: str = Field(default="", max_length=500)
+
+
+class RollbackBody(_Body):
+    to: str | None = Field(default=None, max_length=64, description="Target (default: the previous Active).")
+    reason: str = Field(default="", max_length=500)
+
+
+class ApproveBody(_Body):
+    note: str = Field(default="", max_length=500, description="What the reviewer checked.")
+
+
+class FaultBody(_Body):
+    release: str | None = Field(default=None, max_length=64, description="Release (default: Active).")
+    error_rate: float = Field(default=0.0, ge=0.0, le=1.0, description="Share of requests that fail.")
+    delay_ms: float = Field(default=0.0, ge=0.0, le=60_000, description="Added latency per request.")
+
+
+class RetentionBody(_Body):
+    dry_run: bool = Field(default=True, description="Only report what would be removed.")

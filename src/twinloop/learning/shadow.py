@@ -25,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from twinloop.crashpoints import crash_point
 from twinloop.errors import InvalidInputError, TwinLoopError, UnknownDomainError
 from twinloop.learning.intake import list_samples, mark_used
 from twinloop.learning.jobs import TrainJobs, pid_alive
@@ -202,6 +203,7 @@ def run_shadow_training(runtime, job_id: str, domains: list[str] | None = None, 
             "domains": lineage_domains,
         }
         index_revision = runtime.knowledge.current_revision()
+        crash_point("shadow.before_release")
         release = registry.create_candidate(parent_id, adapters, index_revision, runtime.router.spec.to_json(),
                                             lineage)
         registry.set_pointer("shadow", release.id)

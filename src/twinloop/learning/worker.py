@@ -112,20 +112,30 @@ def run_job(job_id: str, data_dir: Path, config: Path | None = None) -> int:
             jobs.progress(job_id, doc)
 
     p = job["params"]
+    audit = runtime.events
+    audit.append("training.started", actor="system:shadow", subject=job_id, reason="",
+                 data={"domains": p.get("domains"), "steps": p.get("steps"), "lr": p.get("lr"), "seed": p.get("seed")})
     try:
         result = run_shadow(runtime, job_id, p, cancel, progress, threads)
     except TrainingCancelled as e:
         jobs.fail(job_id, str(e), status="cancelled")
+        audit.append("training.failed", actor="system:shadow", subject=job_id, reason=f"cancelled: {e}")
         return 2
     except TwinLoopError as e:
         jobs.fail(job_id, str(e))
+        audit.append("training.failed", actor="system:shadow", subject=job_id, reason=str(e)[:300])
         log.error("training job %s failed: %s", job_id, e)
         return 2
     except BaseException as e:
         jobs.fail(job_id, f"{type(e).__name__}: {e}")
+        audit.append("training.failed", actor="system:shadow", subject=job_id, reason=f"{type(e).__name__}")
         log.exception("training job %s crashed", job_id)
         return 1
     jobs.finish(job_id, result)
+    audit.append("training.finished", actor="system:shadow", subject=job_id, reason="",
+                 data={"release_id": result.get("release_id"), "seconds": result.get("seconds"),
+                       "domains": {d: {k: v for k, v in r.items() if k in ("samples", "steps", "final_loss")}
+                                   for d, r in result.get("domains", {}).items()}})
     return 0
 
 

@@ -20,13 +20,14 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import threading
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 
 import numpy as np
 
 from twinloop.config import RouterConfig
-from twinloop.domains import FALLBACK_DOMAIN, DomainSpec, KeywordRule
+from twinloop.domains import FALLBACK_DOMAIN, DomainSpec
 from twinloop.errors import InvalidInputError
 
 TOP_PROTOTYPES = 3
@@ -122,6 +123,25 @@ class RouteDecision:
                 "rules": [asdict(r) for r in self.rules]}
 
 
+_PROTOTYPE_CACHE: dict[tuple[str, tuple[str, ...]], np.ndarray] = {}
+_PROTOTYPE_LOCK = threading.Lock()
+
+
+def _prototypes(embedder, texts: tuple[str, ...]) -> np.ndarray:
+    """Embeddings of a domain's prototype texts, computed once per process and embedder: every
+    release names its router by configuration, and most releases share their parent's, so
+    loading a release must not re-embed the same texts (seconds on a CPU)."""
+    key = (embedder.name, texts)
+    with _PROTOTYPE_LOCK:
+        hit = _PROTOTYPE_CACHE.get(key)
+    if hit is None:
+        hit = embedder.encode(list(texts))
+        hit.setflags(write=False)
+        with _PROTOTYPE_LOCK:
+            _PROTOTYPE_CACHE[key] = hit
+    return hit
+
+
 class Router:
     """Routes queries with a :class:`RouterSpec` and an embedder."""
 
@@ -130,7 +150,7 @@ class Router:
         self.embedder = embedder
         self._names = [d.name for d in spec.domains]
         # (prototypes, dim) per domain: description first, then the examples.
-        self._protos = {d.name: embedder.encode([d.description, *d.examples]) for d in spec.domains}
+        self._protos = {d.name: _prototypes(embedder, (d.description, *d.examples)) for d in spec.domains}
         self._rules = [
             (d.name, re.compile(p, re.IGNORECASE), p, prio) for d in spec.domains for p, prio in d.rules
         ]

@@ -125,6 +125,17 @@ class Pending:
         """True once the result (or error) is available."""
         return self._future.done()
 
+    def add_done_callback(self, fn) -> None:
+        """Call ``fn(result_or_None, error_or_None)`` once the request ends (at once if it has).
+
+        Runs on the engine's thread: keep it short and never call the engine from it.
+        """
+        def done(fut: concurrent.futures.Future) -> None:
+            err = fut.exception()
+            fn(None if err else fut.result(), err)
+
+        self._future.add_done_callback(done)
+
     def result(self, timeout: float | None = None) -> GenResult:
         """Block until the request ends and return its result.
 

@@ -1,33 +1,55 @@
 """The serving facade: what the HTTP API and the CLI call (STYLE.md §2).
 
-Owns the process's engine, adapter registry, request log and the Active release pointer.
-Route functions translate HTTP to these calls and errors to status codes; no business logic
-lives in them.
+Owns the process's engine, adapter registry, request log and release control (Active,
+canary, breaker, rollback watch: ``serving/control.py``). Route functions translate HTTP to
+these calls and errors to status codes; no business logic lives in them.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import json
 import logging
-import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 from twinloop import __version__
-from twinloop.errors import InvalidInputError
+from twinloop.errors import InvalidInputError, TwinLoopError
 from twinloop.knowledge.store import IngestReport
 from twinloop.learning.intake import FeedbackIntake
 from twinloop.runtime import Runtime
 from twinloop.serving.pipeline import AnswerPipeline, AnswerRequest
+from twinloop.serving.control import ReleaseControl
+from twinloop.serving.engine import QueueFullError
 from twinloop.serving.release import ServingRelease
 from twinloop.serving.requestlog import FeedbackRecord, RequestLog
-from twinloop.serving.types import AnswerRecord, GenRequest, new_request_id
+from twinloop.serving.types import AnswerRecord, Citation, GenRequest, new_request_id
 
 log = logging.getLogger(__name__)
 
 MODEL_ID = "twinloop"
 """OpenAI model id of the routed pipeline; ``twinloop:<domain>`` forces a domain."""
+
+
+class BreakerOpenError(TwinLoopError):
+    """The circuit breaker is open and no fallback could be given (the API answers 503)."""
+
+    def __init__(self, retry_after_s: float) -> None:
+        super().__init__(f"the service is degraded: circuit breaker open after repeated failures; "
+                         f"retry in {retry_after_s:.0f} s")
+        self.retry_after_s = retry_after_s
+
+
+def audit_ingest(runtime: Runtime, report: IngestReport, *, actor: str, via: str) -> None:
+    """One audit event per ingest that changed the index (duplicates-only ingests change nothing)."""
+    if report.revision is None:
+        return
+    runtime.events.append("knowledge.ingested", actor=actor, subject=report.domain, reason=f"via {via}",
+                          data={"revision": report.revision, "added": report.added,
+                                "skipped_duplicates": report.skipped_duplicates, "chunks": report.chunks})
 
 
 class Service:
@@ -47,44 +69,172 @@ class Service:
         self.engine = GenerationEngine(runtime.foundation, self.adapters, self.settings.serving)
         self.pipeline = AnswerPipeline(runtime.retriever, runtime.domains, self.requestlog, self.settings.serving,
                                        max_query_chars=self.settings.api.max_query_chars)
-        self._release_lock = threading.Lock()
-        self._active = ServingRelease(id="base", router=runtime.router, index_revision=None)
+        # Mirror traffic (canary mode "mirror") is answered and thrown away: its pipeline
+        # logs to memory only, so the request log keeps one record per user request.
+        from twinloop.release.qa import DryRunLog
+
+        self._mirror_pipeline = AnswerPipeline(runtime.retriever, runtime.domains, DryRunLog(), self.settings.serving,
+                                               max_query_chars=self.settings.api.max_query_chars)
+        self._mirror_tasks: set[asyncio.Task] = set()
+        self.control = ReleaseControl(runtime, self.adapters)
+        from twinloop.learning.filters import ToxicityFilter
+
+        self._toxicity = ToxicityFilter()  # canary arms compare toxicity (paper §5.2)
+        self._record_config()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
         self.engine.start()
+        self.control.start()
 
     def stop(self) -> None:
+        self.control.stop()
         self.engine.stop(drain=True)
+
+    def _record_config(self) -> None:
+        """Audit a configuration change (issue 6 point 2): one event when the settings this
+        server starts with differ from the last recorded ones (API keys left out)."""
+        doc = self.settings.model_dump(mode="json", exclude={"api": {"api_keys", "api_key_hashes"}})
+        digest = hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+        last = self.runtime.events.list(limit=1, action="config.loaded")
+        if last and last[0].data.get("digest") == digest:
+            return
+        self.runtime.events.append("config.loaded", actor="system", subject=None,
+                                   reason="first start" if not last else "configuration changed",
+                                   data={"digest": digest, "previous": last[0].data.get("digest") if last else None})
 
     # -- releases ----------------------------------------------------------------------------
 
     @property
     def active(self) -> ServingRelease:
         """The Active release; a request reads this once, at admission, and keeps it."""
-        return self._active
-
-    def set_active(self, release: ServingRelease) -> ServingRelease:
-        """Point Active at another release (a reference swap under a lock); returns the old one."""
-        with self._release_lock:
-            old, self._active = self._active, release
-        return old
+        return self.control.active
 
     # -- answering ---------------------------------------------------------------------------
 
+    def _admit(self, req: AnswerRequest) -> tuple[ServingRelease, str | None]:
+        release, arm = self.control.pin(req.user_id)
+        if not self.control.admit(release, arm):
+            raise BreakerOpenError(self.control.breaker.retry_after())
+        return release, arm
+
+    def _observe(self, release: ServingRelease, arm: str | None, started: float,
+                 record: AnswerRecord | dict | None,
+                 error: BaseException | None) -> None:
+        """Account the outcome of a request: client errors (4xx) and load shedding (429) say
+        nothing about a release's health and are left out."""
+        if isinstance(error, (InvalidInputError, QueueFullError, asyncio.CancelledError)):
+            return
+        doc = record if isinstance(record, dict) or record is None else record.to_dict()  # streams carry dicts
+        ok = error is None and doc is not None and doc["finish_reason"] != "timeout"
+        toxic = bool(doc is not None and self._toxicity.score(doc["text"]) > self._toxicity.threshold)
+        self.control.observe(release, arm, ok=ok, latency_ms=(time.perf_counter() - started) * 1000, toxic=toxic,
+                             request_id=doc["request_id"] if doc is not None else None)
+
     def answer(self, req: AnswerRequest) -> AnswerRecord:
-        return self.pipeline.answer(req, self.active, self.engine)
+        """Blocking answer (CLI, benchmarks)."""
+        try:
+            release, arm = self._admit(req)
+        except BreakerOpenError:
+            return self._fallback(req)
+        started = time.perf_counter()
+        try:
+            self.control.faults.apply(release.id)
+            record = self.pipeline.answer(req, release, self.engine)
+        except BaseException as e:
+            self._observe(release, arm, started, None, e)
+            raise
+        self._observe(release, arm, started, record, None)
+        return record
 
     async def answer_async(self, req: AnswerRequest) -> AnswerRecord:
-        return await self.pipeline.answer_async(req, self.active, self.engine)
+        try:
+            release, arm = self._admit(req)
+        except BreakerOpenError:
+            return await asyncio.to_thread(self._fallback, req)
+        started = time.perf_counter()
+        self._mirror(req)
+        try:
+            await asyncio.to_thread(self.control.faults.apply, release.id)
+            record = await self.pipeline.answer_async(req, release, self.engine)
+        except BaseException as e:
+            self._observe(release, arm, started, None, e)
+            raise
+        self._observe(release, arm, started, record, None)
+        return record
 
     def prepare_stream(self, req: AnswerRequest):
         """Validate and retrieve now (so errors become a 4xx before streaming starts)."""
-        return self.pipeline.prepare(req, self.active)
+        release, arm = self._admit(req)
+        started = time.perf_counter()
+        try:
+            self.control.faults.apply(release.id)
+            prep = self.pipeline.prepare(req, release)
+        except BaseException as e:
+            self._observe(release, arm, started, None, e)
+            raise
+        prep.arm = arm  # type: ignore[attr-defined]  # read back in answer_stream
+        return prep
 
-    def answer_stream(self, prepared) -> AsyncIterator[dict]:
-        return self.pipeline.answer_stream(prepared, self.engine)
+    async def answer_stream(self, prepared) -> AsyncIterator[dict]:
+        arm = getattr(prepared, "arm", None)
+        record = None
+        try:
+            async for event in self.pipeline.answer_stream(prepared, self.engine):
+                if event.get("type") == "answer":
+                    record = event["record"]
+                yield event
+        except BaseException as e:
+            self._observe(prepared.release, arm, prepared.started, None, e)
+            raise
+        self._observe(prepared.release, arm, prepared.started, record, None)
+
+    def _mirror(self, req: AnswerRequest) -> None:
+        """Canary mirror mode (issue 6 point 4): the candidate answers a copy of this request in
+        the background; its answer is recorded as a canary observation, never returned."""
+        target = self.control.mirror_target(req.user_id)
+        if target is None:
+            return
+        copy = AnswerRequest(query=req.query, user_id=req.user_id, domain=req.domain, as_of=req.as_of,
+                             jurisdiction=req.jurisdiction, max_tokens=req.max_tokens)
+
+        async def shadow() -> None:
+            started = time.perf_counter()
+            try:
+                record = await self._mirror_pipeline.answer_async(copy, target, self.engine)
+            except BaseException as e:
+                self._observe(target, "shadow", started, None, e)
+                return
+            self._observe(target, "shadow", started, record, None)
+
+        task = asyncio.get_running_loop().create_task(shadow())
+        self._mirror_tasks.add(task)
+        task.add_done_callback(self._mirror_tasks.discard)
+
+    def _fallback(self, req: AnswerRequest) -> AnswerRecord:
+        """The breaker is open (paper §5.5): no generation; say so, and give the passages that
+        match the question so the user still has the sources (retrieval does not use the model)."""
+        wait = self.control.breaker.retry_after()
+        prep = self.pipeline.prepare(req, self.active)
+        text = (f"The assistant is temporarily unavailable: after repeated failures its circuit breaker is "
+                f"open (retry in about {wait:.0f} s). No answer was generated.")
+        if prep.passages:
+            text += " These sources match your question: " + "; ".join(
+                f"[{i}] {h.label}" for i, h in enumerate(prep.passages, start=1))
+        return AnswerRecord(
+            request_id=req.request_id, query=req.query, text=text, verified=False, status="unverified",
+            citations=[Citation(n=i, domain=h.domain, source=h.citation.get("source"), code=h.citation.get("code"),
+                                article=h.citation.get("article"), part=h.citation.get("part"),
+                                clause=h.citation.get("clause"), edition_date=h.citation.get("edition_date"),
+                                uri=h.citation.get("uri"), label=h.label, quote="", score=h.score,
+                                chunk_id=h.chunk_id) for i, h in enumerate(prep.passages, start=1)],
+            domains=prep.domains, router_scores=prep.scores, release_id=prep.release.id, adapter="none",
+            timings_ms=prep.timings_ms, finish_reason="circuit_open", index_revision=prep.index_revision,
+            as_of=prep.as_of, verification="circuit breaker open: fallback response, nothing generated",
+            retrieved=[{"n": i, "label": h.label, "uri": h.citation.get("uri"), "domain": h.domain, "score": h.score}
+                       for i, h in enumerate(prep.passages, start=1)],
+        )
 
     def submit_generate(self, messages: list[dict[str, str]], *, max_tokens: int | None = None,
                         temperature: float = 0.0, top_p: float | None = None, seed: int | None = None,
@@ -95,6 +245,8 @@ class Service:
         Returns the engine's pending handle (``result``/``aresult``/``astream``).
         """
         release = self.active
+        if not self.control.admit(release, None):
+            raise BreakerOpenError(self.control.breaker.retry_after())
         if domain is not None:
             self.runtime.domains.get(domain)
         total = sum(len(m.get("content", "")) for m in messages if isinstance(m, dict))
@@ -109,7 +261,18 @@ class Service:
             timeout_s=self.settings.serving.request_timeout_s,
             request_id=request_id or new_request_id(),
         )
-        return self.engine.submit(req)
+        self.control.faults.apply(release.id)
+        started = time.perf_counter()
+        pending = self.engine.submit(req)
+
+        def done(result, error) -> None:
+            ok = error is None and result is not None and result.finish_reason != "timeout"
+            if result is not None and result.finish_reason == "cancelled":
+                return  # the client went away: says nothing about the release
+            self.control.observe(release, None, ok=ok, latency_ms=(time.perf_counter() - started) * 1000)
+
+        pending.add_done_callback(done)
+        return pending
 
     def log_generation(self, *, request_id: str, kind: str, prompt: str, text: str, domain: str | None,
                        session_id: str | None, user_id: str | None, adapter: str, latency_ms: float) -> None:
@@ -129,11 +292,18 @@ class Service:
             self.requestlog.feedback_joined(feedback_id=record.id))
         status = "accepted" if report.accepted else ("quarantined" if report.rejected else "not_trainable")
         self.requestlog.set_feedback_status(record.id, status)
+        if status != "not_trainable":  # a bare score is a rating, not a filter decision
+            reasons = [f"{r.stage}: {r.reason}" for r in report.rejected]
+            self.runtime.events.append(f"feedback.{status}", actor=actor, subject=request_id,
+                                       reason="; ".join(reasons)[:300],
+                                       data={"feedback_id": record.id, "score": score})
         return record
 
     def ingest(self, domain: str, documents: list[dict[str, Any]], actor: str | None = None) -> IngestReport:
         self.runtime.domains.get(domain)
-        return self.runtime.knowledge.ingest(domain, documents, note=f"api ingest by {actor or 'unknown'}")
+        report = self.runtime.knowledge.ingest(domain, documents, note=f"api ingest by {actor or 'unknown'}")
+        audit_ingest(self.runtime, report, actor=actor or "anonymous", via="api")
+        return report
 
     # -- adapters ----------------------------------------------------------------------------
 
@@ -155,7 +325,9 @@ class Service:
         return [MODEL_ID] + [f"{MODEL_ID}:{d}" for d in self.runtime.domains.names()]
 
     def health(self) -> dict[str, Any]:
-        return {"status": "ok", "release": self.active.id, "queue_depth": self.engine.queue_depth(),
+        breaker = self.control.breaker.state.value
+        return {"status": "ok" if breaker == "closed" else "degraded", "release": self.active.id,
+                "breaker": breaker, "queue_depth": self.engine.queue_depth(),
                 "uptime_s": round(time.time() - self.started_at, 1)}
 
     def info(self) -> dict[str, Any]:

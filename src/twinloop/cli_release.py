@@ -1,0 +1,370 @@
+"""The release commands of ``twinloop`` (issue 6 point 9): QA, canary, swap, rollback,
+releases, status, approvals, audit events, retention, bundles.
+
+They act on the data directory's registry directly, each change one transaction with its
+audit event; a server running on the same data directory follows the Active pointer and
+the canary within ``release.poll_s`` seconds. A server's in-memory state (breaker, rollback
+watch, injected faults) is at ``GET /v1/admin/status``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from twinloop.cli import JsonFlag, _emit_json, _kv_table, _runtime, app, err, out
+from twinloop.serving.control import cli_actor
+
+canary_app = typer.Typer(help="Canary deployment of a candidate (paper §5.2).", no_args_is_help=True)
+app.add_typer(canary_app, name="canary")
+
+ReleaseArg = Annotated[str | None, typer.Argument(help="Release id (default: the Shadow candidate).")]
+ReasonOpt = Annotated[str, typer.Option("--reason", "-r", help="Why (written to the audit log).")]
+
+
+def _short(rid: str | None) -> str:
+    return rid or "-"
+
+
+@app.command()
+def releases(
+    release: Annotated[str | None, typer.Argument(help="Show this release in full.")] = None,
+    limit: Annotated[int, typer.Option(help="Releases to list, newest first.")] = 20,
+    json_out: JsonFlag = False,
+) -> None:
+    """List releases with their status and gate results, or show one with lineage and reports."""
+    reg = _runtime().releases
+    if release:
+        rel = reg.get(release)
+        doc = {**rel.to_dict(), "ancestors": [r.id for r in reg.ancestors(release)],
+               "children": [r.id for r in reg.children(release)], "approvals": reg.approvals(release),
+               "reports": reg.reports(release)}
+        if json_out:
+            _emit_json(doc)
+            return
+        out.print(_kv_table(f"Release {release}", {
+            "status": rel.status, "parent": _short(rel.parent), "created": rel.created_at,
+            "adapters": ", ".join(f"{d}={g[:12]}" for d, g in sorted(rel.adapters.items())) or "none (base)",
+            "index revision": rel.index_revision, "ancestors": " ← ".join(doc["ancestors"]) or "-",
+            "children": ", ".join(doc["children"]) or "-",
+            "training samples": {d: len(v) for d, v in reg.training_data(release).items()} or "-",
+            "approvals": ", ".join(a["actor"] for a in doc["approvals"]) or "-",
+            "reports": "; ".join(f"{r['kind']} {'passed' if r['passed'] else 'FAILED'} {r['created_at']}"
+                                 for r in doc["reports"]) or "-"}))
+        return
+    rows = reg.list(limit)
+    active, shadow = reg.pointer("active"), reg.pointer("shadow")
+    if json_out:
+        _emit_json({"active": active, "shadow": shadow, "items": [r.to_dict() for r in rows]})
+        return
+    table = Table(title=f"Releases ({len(rows)} shown)", title_justify="left")
+    for col in ("id", "", "status", "parent", "created", "domains", "qa", "canary"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        mark = "ACTIVE" if r.id == active else ("shadow" if r.id == shadow else "")
+        gates = []
+        for kind in ("qa", "canary"):
+            rep = reg.latest_report(r.id, kind)
+            gates.append("-" if rep is None else ("passed" if rep["passed"] else "failed"))
+        table.add_row(r.id, mark, r.status, _short(r.parent), r.created_at[:19], ", ".join(sorted(r.adapters)) or "-",
+                      *gates)
+    out.print(table)
+
+
+@app.command()
+def status(json_out: JsonFlag = False) -> None:
+    """Active, Shadow, rollback target, canary, last moves, the audit log's integrity and the
+    registry's consistency (exits 1 if either is broken)."""
+    from twinloop.release.canary import CanaryStore
+    from twinloop.release.consistency import check_consistency
+
+    rt = _runtime()
+    reg = rt.releases
+    store = CanaryStore(rt.db)
+    run = store.current()
+    check = rt.events.verify()
+    problems = check_consistency(reg, store)
+    doc: dict[str, Any] = {
+        "active": reg.pointer("active"), "shadow": reg.pointer("shadow"), "previous": reg.previous_active(),
+        "canary": run.to_dict() if run else None, "moves": reg.history("active", 5),
+        "events": check.events, "audit_log_ok": check.ok, "consistent": not problems, "problems": problems,
+    }
+    if json_out:
+        _emit_json(doc)
+    else:
+        _print_status(doc, run, check, problems)
+    if problems:
+        raise typer.Exit(1)
+
+
+def _print_status(doc: dict[str, Any], run, check, problems: list[str]) -> None:
+    out.print(_kv_table("TwinLoop release status", {
+        "active": _short(doc["active"]), "shadow": _short(doc["shadow"]), "rollback target": _short(doc["previous"]),
+        "canary": f"{run.release_id} ({run.mode}, {run.ratio:.0%}) since {run.started_at}" if run else "none",
+        "audit log": f"{check.events} events, chain {'intact' if check.ok else 'BROKEN: ' + check.problems[0]}",
+        "last moves": "; ".join(f"{m['at'][:19]} → {m['release_id']} by {m['actor']}" for m in doc["moves"]) or "-",
+        "registry": "consistent" if not problems else "INCONSISTENT: " + "; ".join(problems),
+    }))
+
+
+@app.command()
+def qa(
+    release: ReleaseArg = None,
+    cases: Annotated[Path | None, typer.Option(help="JSONL file of QA cases (default: each pack's held-out cases).")]
+    = None,
+    max_tokens: Annotated[int | None, typer.Option(help="Answer length per case.")] = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """QA dry-run of a candidate against Active on an isolated copy; stores the report with
+    the release. Exits 1 when a gate fails."""
+    from twinloop.release.dryrun import run_release_qa
+
+    rt = _runtime()
+    with err.status("QA dry-run: answering the held-out cases with the candidate and Active…") as st:
+        doc = run_release_qa(rt, release, actor=cli_actor(), cases_path=cases, max_tokens=max_tokens,
+                             progress=lambda i, n: st.update(f"QA dry-run: case {i}/{n}"))
+    if json_out:
+        _emit_json(doc)
+    else:
+        table = Table(title=f"QA of {doc['release_id']} against {doc.get('baseline_id')}", title_justify="left")
+        for col in ("gate", "value", "threshold", "result", "detail"):
+            table.add_column(col, overflow="fold")
+        for g in doc["gates"]:
+            table.add_row(g["name"], _num(g.get("value")), _num(g.get("threshold")),
+                          "pass" if g["passed"] else "[red]FAIL[/red]", g.get("detail", ""))
+        out.print(table)
+        out.print("QA " + ("[green]passed[/green]" if doc["passed"] else "[red]failed[/red]: promotion blocked"))
+    if not doc["passed"]:
+        raise typer.Exit(1)
+
+
+def _num(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.3g}"
+    return "-" if v is None else str(v)
+
+
+@canary_app.command("start")
+def canary_start(
+    release: ReleaseArg = None,
+    ratio: Annotated[float | None, typer.Option(help="Share of users (default canary.ratio, 5 %).")] = None,
+    mode: Annotated[str | None, typer.Option(help="split (canary users get the candidate) or mirror.")] = None,
+    reason: ReasonOpt = "",
+    json_out: JsonFlag = False,
+) -> None:
+    """Start a canary: a running server sends the candidate its share of users from now on."""
+    from twinloop.release import promotion
+    from twinloop.release.canary import CanaryStore
+    from twinloop.release.dryrun import resolve_candidate
+
+    rt = _runtime()
+    cfg = rt.settings.canary
+    rid = resolve_candidate(rt.releases, release)
+    run = promotion.start_canary(rt.releases, CanaryStore(rt.db), rid, ratio=ratio if ratio is not None else cfg.ratio,
+                                 mode=mode or cfg.mode, salt=cfg.salt, release_cfg=rt.settings.release,
+                                 actor=cli_actor(), reason=reason)
+    if json_out:
+        _emit_json(run.to_dict())
+    else:
+        out.print(f"canary {run.id} started: {run.release_id} gets {run.ratio:.0%} of users ({run.mode}) "
+                  f"against {run.baseline_id}")
+
+
+@canary_app.command("status")
+def canary_status(json_out: JsonFlag = False) -> None:
+    """The running (or last) canary: per-arm figures and what the decision would be now."""
+    from twinloop.release.canary import CanaryStore, decide
+
+    rt = _runtime()
+    store = CanaryStore(rt.db)
+    run = store.current() or next(iter(store.list(1)), None)
+    if run is None:
+        if json_out:
+            _emit_json({"canary": None})
+        else:
+            out.print("no canary has run")
+        return
+    active, shadow = store.stats(run.id)
+    decision = decide(active, shadow, rt.settings.canary) if run.status == "running" else None
+    doc = {"canary": run.to_dict(), "active": active.to_dict(), "shadow": shadow.to_dict(),
+           "decision": None if decision is None else {"action": decision.action, "reasons": decision.reasons}}
+    if json_out:
+        _emit_json(doc)
+        return
+    table = Table(title=f"Canary {run.id}: {run.release_id} vs {run.baseline_id} ({run.status})", title_justify="left")
+    for col in ("arm", "requests", "errors", "error rate", "p95 ms", "toxic", "feedback"):
+        table.add_column(col)
+    for name, arm in (("active", active), ("shadow", shadow)):
+        table.add_row(name, str(arm.requests), str(arm.errors), f"{arm.error_rate:.1%}", f"{arm.latency_p95_ms:.0f}",
+                      str(arm.toxic), "-" if arm.feedback_mean is None else f"{arm.feedback_mean:.2f}")
+    out.print(table)
+    if decision is not None:
+        out.print(f"decision now: {decision.action} — " + "; ".join(decision.reasons))
+    elif run.decision:
+        out.print(f"ended: {run.status} — " + "; ".join(run.decision.get("reasons", [])))
+
+
+@canary_app.command("stop")
+def canary_stop(json_out: JsonFlag = False) -> None:
+    """Stop the running canary without a decision (the candidate goes back to candidate)."""
+    from twinloop.errors import InvalidInputError
+    from twinloop.release import promotion
+    from twinloop.release.canary import CanaryStore
+
+    rt = _runtime()
+    store = CanaryStore(rt.db)
+    run = store.current()
+    if run is None:
+        raise InvalidInputError("no canary is running")
+    _, report = promotion.conclude_canary(rt.releases, store, run, None, actor=cli_actor(), stopped=True)
+    if json_out:
+        _emit_json(report)
+    else:
+        out.print(f"canary {run.id} stopped")
+
+
+@app.command()
+def swap(
+    release: ReleaseArg = None,
+    force: Annotated[bool, typer.Option(help="Skip the QA and canary gates (audited). Approvals still apply.")]
+    = False,
+    reason: ReasonOpt = "",
+    json_out: JsonFlag = False,
+) -> None:
+    """Promote a release to Active (one transaction with its audit event)."""
+    from twinloop.release import promotion
+    from twinloop.release.dryrun import resolve_candidate
+
+    rt = _runtime()
+    rid = resolve_candidate(rt.releases, release)
+    move = promotion.swap(rt.releases, rt.domains, rid, rt.settings.release, actor=cli_actor(), reason=reason,
+                          force=force)
+    _print_move(move.to_dict(), json_out)
+
+
+@app.command()
+def rollback(
+    to: Annotated[str | None, typer.Option("--to", help="Release to return to (default: the previous Active).")]
+    = None,
+    reason: ReasonOpt = "",
+    json_out: JsonFlag = False,
+) -> None:
+    """Point Active back at the previous (or a named) release at once."""
+    from twinloop.release import promotion
+
+    rt = _runtime()
+    move = promotion.rollback(rt.releases, actor=cli_actor(), reason=reason, to=to)
+    _print_move(move.to_dict(), json_out)
+
+
+def _print_move(move: dict[str, Any], json_out: bool) -> None:
+    if json_out:
+        _emit_json(move)
+        return
+    extra = f" (forced past: {'; '.join(move['skipped_gates'])})" if move.get("skipped_gates") else ""
+    out.print(f"{move['action']}: Active {move['from_release']} → {move['to_release']}{extra}")
+
+
+@app.command()
+def approve(
+    release: Annotated[str, typer.Argument(help="Release to approve.")],
+    note: Annotated[str, typer.Option(help="What you checked (audited).")] = "",
+    json_out: JsonFlag = False,
+) -> None:
+    """Record your approval of a release for domains whose policy requires one (e.g. law)."""
+    rt = _runtime()
+    rt.releases.approve(release, cli_actor(), note)
+    approvals = rt.releases.approvals(release)
+    if json_out:
+        _emit_json({"release": release, "approvals": approvals})
+    else:
+        out.print(f"{release} approved by " + ", ".join(a["actor"] for a in approvals))
+
+
+@app.command()
+def events(
+    verify: Annotated[bool, typer.Option("--verify", help="Recompute the hash chain; exit 1 if broken.")] = False,
+    export: Annotated[Path | None, typer.Option(help="Write every event as JSON lines to this file ('-': stdout).")]
+    = None,
+    limit: Annotated[int, typer.Option(help="Events to list, newest first.")] = 30,
+    action: Annotated[str | None, typer.Option(help="Only this action (or a prefix ending in '.').")] = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """The audit log: list, verify or export."""
+    store = _runtime().events
+    if export is not None:
+        if str(export) == "-":
+            n = store.export_jsonl(sys.stdout)
+        else:
+            with open(export, "w", encoding="utf-8") as f:
+                n = store.export_jsonl(f)
+            err.print(f"exported {n} events to {export}")
+        return
+    if verify:
+        report = store.verify()
+        if json_out:
+            _emit_json(report.to_dict())
+        elif report.ok:
+            out.print(f"audit log intact: {report.events} events, chain verified")
+        else:
+            out.print(f"[red]audit log TAMPERED[/red]: {len(report.problems)} problem(s), first at event "
+                      f"{report.first_bad_seq}")
+            for p in report.problems:
+                out.print(f"  - {p}")
+        if not report.ok:
+            raise typer.Exit(1)
+        return
+    rows = store.list(limit=limit, action=action)
+    if json_out:
+        _emit_json([e.to_dict() for e in rows])
+        return
+    table = Table(title=f"Audit events ({len(rows)} shown, newest first)", title_justify="left")
+    for col in ("#", "time", "action", "actor", "subject", "reason"):
+        table.add_column(col, overflow="fold")
+    for e in rows:
+        table.add_row(str(e.seq), e.at[:19], e.action, e.actor, e.subject or "", e.reason)
+    out.print(table)
+
+
+@app.command()
+def prune(
+    apply: Annotated[bool, typer.Option("--apply", help="Remove for real (default: show what would go).")] = False,
+    json_out: JsonFlag = False,
+) -> None:
+    """Retention: drop releases past retention.max_snapshots / max_age_days and unreferenced
+    adapters; never Active, Shadow, their parents or the rollback target."""
+    from twinloop.release.retention import prune as run_prune
+
+    rt = _runtime()
+    plan = run_prune(rt.releases, rt.settings.retention, actor=cli_actor(), dry_run=not apply)
+    if json_out:
+        _emit_json(plan.to_dict())
+        return
+    verb = "removed" if apply else "would remove"
+    out.print(f"{verb} {len(plan.removed)} release(s) and {len(plan.artifacts)} adapter artifact(s); "
+              f"protected: {', '.join(plan.protected) or '-'}")
+
+
+@app.command("export")
+def export_release(
+    release: Annotated[str, typer.Argument(help="Release to export.")],
+    out_path: Annotated[Path, typer.Option("--out", "-o", help="Bundle file to write (.tar.gz).")],
+) -> None:
+    """Write a release and its adapters to one verified bundle."""
+    from twinloop.release.bundle import export_bundle
+
+    path = export_bundle(_runtime().releases, release, out_path, actor=cli_actor())
+    out.print(f"exported {release} to {path}")
+
+
+@app.command("import")
+def import_release(path: Annotated[Path, typer.Argument(help="Bundle file (.tar.gz).")]) -> None:
+    """Verify a bundle and record its release here as a candidate (it must pass the gates here)."""
+    from twinloop.release.bundle import import_bundle
+
+    rel = import_bundle(_runtime().releases, path, actor=cli_actor())
+    out.print(f"imported {rel.id} (status {rel.status})")

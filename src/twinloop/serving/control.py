@@ -1,0 +1,401 @@
+"""Release control inside a serving process: which release each request is pinned to, and
+how Active moves (issue 6 points 4–7).
+
+- **Pinning**: a request reads the Active release once, at admission, and keeps it; with a
+  canary running in split mode, users whose hash(user_id + salt) falls under the ratio are
+  pinned to the candidate instead (paper §5.2).
+- **Swap / rollback**: the registry commits the pointer move (one transaction with its
+  audit event), then the in-memory pointer moves under a lock — a reference assignment, so
+  in-flight requests finish on the release they were admitted with. The candidate's
+  adapters are loaded *before* the commit, and the previous release stays resident, so both
+  directions are instant (paper §5.3–5.4).
+- **Safety net**: the circuit breaker guards Active (paper §5.5); after a swap the rollback
+  watch rolls back automatically on its triggers (paper §5.4); faults can be injected per
+  release to rehearse both.
+- **Following the registry**: a background thread re-reads the Active pointer and the
+  running canary every ``release.poll_s`` seconds, so CLI commands run on the same data
+  directory (``twinloop swap``, ``canary start``) reach a running server, and a restart
+  comes back on the committed Active release.
+"""
+
+from __future__ import annotations
+
+import getpass
+import logging
+import queue
+import threading
+import time
+from typing import Any
+
+from twinloop.crashpoints import crash_point
+from twinloop.release import promotion
+from twinloop.release.breaker import BreakerState, CircuitBreaker
+from twinloop.release.canary import CanaryStore, assign_arm, decide
+from twinloop.release.watch import LatencyWindow, RollbackWatch
+from twinloop.serving.faults import Fault, FaultInjector
+from twinloop.serving.release import ReleaseLoader, ServingRelease
+
+log = logging.getLogger(__name__)
+
+CANARY_EVAL_EVERY = 10
+"""Observations between canary decisions (each reads the arm statistics from SQLite)."""
+
+
+def cli_actor() -> str:
+    """The actor of a command run from a shell: ``cli:<login name>``."""
+    try:
+        return f"cli:{getpass.getuser()}"
+    except Exception:  # no login name in some containers
+        return "cli:unknown"
+
+
+class ReleaseControl:
+    """Active/Shadow pinning, swap, rollback, canary, breaker and watch of one server."""
+
+    def __init__(self, runtime, adapters) -> None:
+        self.runtime = runtime
+        self.settings = runtime.settings
+        self.registry = runtime.releases
+        self.events = runtime.events
+        self.domains = runtime.domains
+        self.canaries = CanaryStore(runtime.db)
+        self.loader = ReleaseLoader(self.registry, adapters, runtime.embedder,
+                                    follow_index=self.settings.serving.follow_index)
+        self.faults = FaultInjector()
+        self.breaker = CircuitBreaker(self.settings.breaker, on_change=self._breaker_changed)
+        self._lock = threading.RLock()
+        # Serialises swaps and rollbacks (an operator's, the watch's, the breaker's), so two
+        # triggers of one incident make one rollback, not two.
+        self._move_lock = threading.RLock()
+        self._baseline = LatencyWindow(self.settings.rollback.window)
+        self._watch: RollbackWatch | None = None
+        self._since_eval = 0
+        self._last_move: dict[str, Any] | None = None
+        base = self.registry.ensure_base(runtime.router.spec.to_json(), runtime.knowledge.current_revision(),
+                                         runtime.foundation.name)
+        self._active = self.loader.load(self.registry.pointer("active") or base.id)
+        self._canary = None
+        self._shadow: ServingRelease | None = None
+        self._sync_canary()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        # Outcomes go through a queue to one thread: recording a canary observation writes
+        # SQLite and a trigger may swap adapters, neither of which may run on the event loop
+        # or on the engine thread (adapters.py: never load/unload from an engine callback).
+        self._outcomes: queue.Queue = queue.Queue()
+        self._accounting: threading.Thread | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._follow, name="twinloop-release-follower", daemon=True)
+            self._thread.start()
+            self._accounting = threading.Thread(target=self._account_loop, name="twinloop-release-accounting",
+                                                daemon=True)
+            self._accounting.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+            self._thread = None
+        if self._accounting is not None:
+            self._outcomes.put(None)
+            self._accounting.join(5)
+            self._accounting = None
+
+    def flush(self, timeout: float = 10.0) -> None:
+        """Wait until every outcome observed so far is accounted (canary, watch, triggers)."""
+        done = threading.Event()
+        self._outcomes.put(done)
+        if self._accounting is None:
+            self._drain()
+        done.wait(timeout)
+
+    def _account_loop(self) -> None:
+        while True:
+            item = self._outcomes.get()
+            if item is None:
+                return
+            self._handle(item)
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                item = self._outcomes.get_nowait()
+            except queue.Empty:
+                return
+            if item is not None:
+                self._handle(item)
+
+    def _handle(self, item) -> None:
+        if isinstance(item, threading.Event):
+            item.set()
+            return
+        try:
+            self._account(*item)
+        except Exception:  # accounting must never stop; the next outcome is handled anyway
+            log.exception("release accounting failed")
+
+    def _follow(self) -> None:
+        while not self._stop.wait(self.settings.release.poll_s):
+            try:
+                self.sync()
+            except Exception:  # a bad poll must not kill the follower; the next one retries
+                log.exception("release follower: sync failed")
+
+    def sync(self) -> None:
+        """Adopt pointer and canary changes another process committed (no writes here)."""
+        committed = self.registry.pointer("active")
+        if committed and committed != self._active.id:
+            view = self.loader.load(committed)
+            with self._lock:
+                old, self._active = self._active, view
+            log.info("active release changed in the registry", extra={"release": committed, "previous": old.id})
+            self._after_move(view.id, old.id, watch=False)
+        self._sync_canary()
+        self._evaluate_canary()
+
+    def _sync_canary(self) -> None:
+        run = self.canaries.current()
+        shadow = self.loader.load(run.release_id) if run is not None else None
+        with self._lock:
+            self._canary, self._shadow = run, shadow
+
+    # -- pinning -----------------------------------------------------------------------------
+
+    @property
+    def active(self) -> ServingRelease:
+        return self._active
+
+    def pin(self, user_id: str | None) -> tuple[ServingRelease, str | None]:
+        """The release a new request is served by, and its canary arm (None without a canary)."""
+        with self._lock:
+            run, shadow, active = self._canary, self._shadow, self._active
+        if run is None or shadow is None:
+            return active, None
+        if run.mode == "split" and assign_arm(user_id, run.salt, run.ratio) == "shadow":
+            return shadow, "shadow"
+        return active, "active"
+
+    def mirror_target(self, user_id: str | None) -> ServingRelease | None:
+        """In mirror mode, the candidate that gets a copy of this request (its answer discarded)."""
+        with self._lock:
+            run, shadow = self._canary, self._shadow
+        if run is None or shadow is None or run.mode != "mirror":
+            return None
+        return shadow if assign_arm(user_id, run.salt, run.ratio) == "shadow" else None
+
+    # -- outcomes ----------------------------------------------------------------------------
+
+    def admit(self, release: ServingRelease, arm: str | None) -> bool:
+        """Whether the breaker lets a request to Active through (canary traffic bypasses it:
+        the canary's own abort rule judges the candidate)."""
+        return arm == "shadow" or self.breaker.allow()
+
+    def observe(self, release: ServingRelease, arm: str | None, *, ok: bool, latency_ms: float,
+                toxic: bool = False, request_id: str | None = None) -> None:
+        """Account one finished request to the breaker (at once: it gates the next admission)
+        and, on the accounting thread, to the canary and the rollback watch."""
+        if arm != "shadow":
+            if ok:
+                self.breaker.record_success()
+            else:
+                self.breaker.record_failure()
+        self._outcomes.put((release, arm, ok, latency_ms, toxic, request_id))
+        if self._accounting is None:  # not started (a library caller): account inline
+            self._drain()
+
+    def _account(self, release: ServingRelease, arm: str | None, ok: bool, latency_ms: float, toxic: bool,
+                 request_id: str | None) -> None:
+        run = self._canary
+        if arm is not None and run is not None:
+            self.canaries.record(run.id, arm, ok=ok, latency_ms=latency_ms, toxic=toxic, request_id=request_id)
+            self._since_eval += 1
+            if not ok or self._since_eval >= CANARY_EVAL_EVERY:
+                self._since_eval = 0
+                self._evaluate_canary()
+        if arm == "shadow":
+            return
+        watch = self._watch
+        if watch is not None and not watch.expired():
+            trigger = watch.observe(release.id, ok, latency_ms)
+            if trigger is not None:
+                self._auto_rollback(trigger.reason, trigger.release_id)
+        elif ok and release.id == self._active.id:
+            self._baseline.add(latency_ms)
+
+    def _auto_rollback(self, reason: str, release_id: str) -> None:
+        """Roll back from ``release_id`` — unless it is no longer Active (another trigger of
+        the same incident, or an operator, moved first)."""
+        with self._move_lock:
+            if self._active.id != release_id:
+                return
+            try:
+                self.rollback(actor="system:rollback-watch", reason=f"automatic: {reason}", automatic=True)
+            except Exception as e:  # e.g. nothing to roll back to; the breaker still protects users
+                log.error("automatic rollback failed: %s", e)
+
+    def _breaker_changed(self, old: BreakerState, new: BreakerState, info: dict) -> None:
+        action = {BreakerState.OPEN: "breaker.opened", BreakerState.HALF_OPEN: "breaker.half_open",
+                  BreakerState.CLOSED: "breaker.closed"}[new]
+        try:
+            self.events.append(action, actor="system:breaker", subject=self._active.id,
+                               reason=f"{old.value} → {new.value}", data={k: v for k, v in info.items()
+                                                                         if isinstance(v, (int, float, str))})
+        except Exception:
+            log.exception("could not record breaker event")
+        log.warning("circuit breaker %s", new.value, extra={"release": self._active.id})
+        # Opening right after a swap means the new release is broken: roll back now rather
+        # than wait for the watch's window (paper §5.5: the breaker "gives time for rollback").
+        watch = self._watch
+        if new == BreakerState.OPEN and watch is not None and not watch.expired():
+            threading.Thread(target=self._auto_rollback,
+                             args=("circuit breaker opened after the swap", watch.release_id), daemon=True).start()
+
+    # -- moves -------------------------------------------------------------------------------
+
+    def swap(self, rid: str, *, actor: str, reason: str = "", force: bool = False) -> dict[str, Any]:
+        """Promote ``rid`` (gates checked by the registry), then move the in-memory pointer.
+
+        Returns the move with ``commit_ms`` (registry transaction) and ``switch_ms`` (pointer move).
+        """
+        with self._move_lock:
+            return self._swap(rid, actor=actor, reason=reason, force=force)
+
+    def _swap(self, rid: str, *, actor: str, reason: str, force: bool) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        promotion.check_servable(self.registry, rid)
+        view = self.loader.load(rid)  # verify and load first: a bad artifact must not commit
+        t1 = time.perf_counter()
+        move = promotion.swap(self.registry, self.domains, rid, self.settings.release, actor=actor, reason=reason,
+                              force=force)
+        crash_point("swap.after_commit")
+        t2 = time.perf_counter()
+        with self._lock:
+            old, self._active = self._active, view
+        t3 = time.perf_counter()
+        self._after_move(rid, old.id, watch=True)
+        return {**move.to_dict(), "load_ms": (t1 - t0) * 1000, "commit_ms": (t2 - t1) * 1000,
+                "switch_ms": (t3 - t2) * 1000}
+
+    def rollback(self, *, actor: str, reason: str = "", to: str | None = None,
+                 automatic: bool = False) -> dict[str, Any]:
+        """Point Active back at ``to`` or the previous release (loaded already, in the usual case)."""
+        with self._move_lock:
+            return self._rollback(actor=actor, reason=reason, to=to, automatic=automatic)
+
+    def _rollback(self, *, actor: str, reason: str, to: str | None, automatic: bool) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        target = to or self.registry.previous_active()
+        if target is not None:
+            promotion.check_servable(self.registry, target)
+        view = self.loader.load(target) if target else None
+        t1 = time.perf_counter()
+        move = promotion.rollback(self.registry, actor=actor, reason=reason, to=target, automatic=automatic)
+        crash_point("rollback.after_commit")
+        t2 = time.perf_counter()
+        with self._lock:
+            old, self._active = self._active, view
+        t3 = time.perf_counter()
+        self._after_move(move.to_release, old.id, watch=False)
+        self.breaker.reset()
+        return {**move.to_dict(), "load_ms": (t1 - t0) * 1000, "commit_ms": (t2 - t1) * 1000,
+                "switch_ms": (t3 - t2) * 1000}
+
+    def _after_move(self, new_id: str, old_id: str, *, watch: bool) -> None:
+        with self._lock:
+            if watch:
+                self._watch = RollbackWatch(new_id, self.settings.rollback, self._baseline.p95())
+            elif self._watch is not None and self._watch.release_id != new_id:
+                self._watch = None
+            self._baseline = LatencyWindow(self.settings.rollback.window)
+            self._last_move = {"to": new_id, "from": old_id, "at": time.time()}
+            run = self._canary
+        if run is not None and run.release_id == new_id and self.canaries.current() is not None:
+            # An operator swapped the candidate in while its canary ran: the canary ends here,
+            # recorded as stopped (it did not decide anything).
+            promotion.conclude_canary(self.registry, self.canaries, run, None, actor="system", stopped=True)
+            self._sync_canary()
+        # Keep Active, the previous release (instant rollback) and a running canary's candidate.
+        keep = {new_id, old_id}
+        if self._shadow is not None:
+            keep.add(self._shadow.id)
+        self.loader.keep_only(keep, timeout=0.0)
+
+    # -- canary ------------------------------------------------------------------------------
+
+    def start_canary(self, rid: str, *, actor: str, ratio: float | None = None, mode: str | None = None,
+                     reason: str = ""):
+        cfg = self.settings.canary
+        self.loader.load(rid)  # verified before any user is sent to it
+        run = promotion.start_canary(self.registry, self.canaries, rid, ratio=ratio if ratio is not None else cfg.ratio,
+                                     mode=mode or cfg.mode, salt=cfg.salt, release_cfg=self.settings.release,
+                                     actor=actor, reason=reason)
+        self._sync_canary()
+        return run
+
+    def stop_canary(self, *, actor: str) -> dict[str, Any]:
+        run = self.canaries.current()
+        if run is None:
+            from twinloop.errors import InvalidInputError
+
+            raise InvalidInputError("no canary is running")
+        _, report = promotion.conclude_canary(self.registry, self.canaries, run, None, actor=actor, stopped=True)
+        self._sync_canary()
+        return report
+
+    def _evaluate_canary(self) -> None:
+        run = self._canary
+        if run is None:
+            return
+        active, shadow = self.canaries.stats(run.id)
+        decision = decide(active, shadow, self.settings.canary)
+        if decision.action == "continue":
+            return
+        with self._lock:  # one thread concludes; the others see the canary gone
+            if self._canary is None or self._canary.id != run.id:
+                return
+            self._canary, self._shadow = None, None
+        promotion.conclude_canary(self.registry, self.canaries, run, decision, actor="system:canary")
+        log.info("canary %s", decision.action, extra={"release": run.release_id})
+        if decision.action == "promote" and self.settings.release.auto_swap:
+            problems = promotion.gate_problems(self.registry, self.domains, run.release_id, self.settings.release)
+            if not problems:
+                self.swap(run.release_id, actor="system:canary", reason="canary passed")
+            else:
+                log.info("canary passed; swap waits: %s", "; ".join(problems))
+
+    def canary_status(self) -> dict[str, Any]:
+        run = self.canaries.current() or next(iter(self.canaries.list(1)), None)
+        if run is None:
+            return {"canary": None}
+        active, shadow = self.canaries.stats(run.id)
+        out = {"canary": run.to_dict(), "active": active.to_dict(), "shadow": shadow.to_dict()}
+        if run.status == "running":
+            out["decision"] = decide(active, shadow, self.settings.canary).__dict__
+        return out
+
+    # -- faults and status -------------------------------------------------------------------
+
+    def inject_fault(self, fault: Fault, *, actor: str) -> Fault:
+        self.faults.set(fault)
+        self.events.append("fault.injected", actor=actor, subject=fault.release_id,
+                           reason=f"error_rate={fault.error_rate:g} delay_ms={fault.delay_ms:g}", data=fault.to_dict())
+        return fault
+
+    def status(self) -> dict[str, Any]:
+        watch = self._watch
+        return {
+            "active": self._active.id,
+            "shadow": self.registry.pointer("shadow"),
+            "previous": self.registry.previous_active(),
+            "resident": self.loader.resident(),
+            "canary": self._canary.to_dict() if self._canary else None,
+            "breaker": self.breaker.snapshot(),
+            "watch": watch.snapshot() if watch is not None and not watch.expired() else None,
+            "faults": [f.to_dict() for f in self.faults.list()],
+            "last_move": self._last_move,
+        }
