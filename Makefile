@@ -30,8 +30,9 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# Every benchmark program, one after another; `make bench ARGS=--quick` for a smoke run.
 bench: $(STAMP)
-	$(BIN)/python benchmarks/foundation_load.py
+	$(BIN)/twinloop bench $(ARGS)
 
 clean:
 	rm -rf $(VENV) twinloop-data .pytest_cache

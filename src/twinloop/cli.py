@@ -39,6 +39,7 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON document 
 class _State:
     config_path: Path | None = None
     data_dir: Path | None = None
+    verbose: bool = False
 
 
 _state = _State()
@@ -80,6 +81,7 @@ def _main(
 ) -> None:
     _state.data_dir = data_dir
     _state.config_path = config
+    _state.verbose = verbose
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(message)s",
@@ -159,8 +161,62 @@ def info(json_out: JsonFlag = False) -> None:
 
 
 @app.command()
-def demo(json_out: JsonFlag = False) -> None:
-    """Load the real base model and answer built-in questions with timings."""
+def demo(
+    basic: Annotated[bool, typer.Option("--basic", help="Only load the model and answer four built-in questions.")]
+    = False,
+    json_out: JsonFlag = False,
+) -> None:
+    """The twin loop end to end (paper §6.3): a new regulation is ingested and cited, experts
+    correct, Shadow trains, QA, canary, approval, swap, an injected fault and the automatic
+    rollback — narrated with real elapsed times. Runs in a fresh ``demo`` folder of the data
+    directory (the model cache is kept)."""
+    if basic:
+        _basic_demo(json_out)
+        return
+    from twinloop.casestudy import DEMO_OVERRIDES, run_case_study
+
+    def narrate(step) -> None:
+        if json_out:
+            return
+        out.print(f"\n[bold cyan]{step.at:7.1f}s  {step.n}. {step.title}[/bold cyan]  [dim]({step.seconds:.1f} s)[/dim]")
+        for line in step.lines:
+            out.print(f"           {line}", highlight=False, soft_wrap=True)
+
+    if not _state.verbose:  # the narration is the output; server and engine logs would drown it
+        for name in ("uvicorn", "uvicorn.error", "twinloop", "twinloop.api", "twinloop.access"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+    if not json_out:
+        out.print("[bold]TwinLoop: the urgent-update case study (paper §6.3) on the real model[/bold]")
+        out.print("[dim]Demo-scale settings (135M model on CPU; paper defaults stay for deployments): "
+                  + "; ".join(f"{k}: {v}" for k, v in DEMO_OVERRIDES.items()) + "[/dim]", highlight=False)
+    report = run_case_study(_settings(), on_step=narrate)
+    if json_out:
+        _emit_json(report.to_dict())
+        return
+    table = Table(title=f"Timeline ({report.total_seconds:.0f} s in all)", title_justify="left")
+    for col in ("#", "at s", "step", "took s"):
+        table.add_column(col)
+    for st in report.steps:
+        table.add_row(str(st.n), f"{st.at:.1f}", st.title, f"{st.seconds:.1f}")
+    out.print(table)
+    s = report.summary
+    out.print(_kv_table("Summary", {
+        "ingest → answer from the new index": f"{s['ingest_to_answer_s']} s; cites the new article: "
+                                              f"{s['answer_after_ingest']['cites_new_article']}, right: "
+                                              f"{s['answer_after_ingest']['correct']}",
+        "feedback": f"{s['feedback']['accepted']} accepted, {s['feedback']['quarantined']} quarantined",
+        "Shadow training": f"{s.get('training_s')} s",
+        "QA (candidate / Active pass rate)": f"{s['qa']['candidate_pass_rate']:.2f} / "
+                                            f"{(s['qa']['active_pass_rate'] or 0):.2f}, passed={s['qa']['passed']}",
+        "canary": f"{s['canary']['status']} after {s['canary']['requests']} requests",
+        "swap (commit + pointer move)": f"{s['swap_ms']} ms",
+        "probes right after swap": s["probes_after_swap"],
+        "automatic rollback": f"{s['automatic_rollback']} after {s['rollback_after_failed_requests']} failed requests",
+        "audit log": f"{s['audit_events']} events, chain {'intact' if s['audit_log_intact'] else 'BROKEN'}",
+    }))
+
+
+def _basic_demo(json_out: bool) -> None:
     from twinloop.demo import run_basic_demo
 
     report = run_basic_demo(_runtime())
@@ -189,9 +245,14 @@ def seed(
     """Load the default packs' seed corpora (real public data, see NOTICE) into the indexes."""
     from twinloop.knowledge.seed import seed_packs
 
+    from twinloop.serving.control import cli_actor
+    from twinloop.serving.service import audit_ingest
+
     rt = _runtime()
     with err.status("embedding seed corpora (first run only; later runs skip what is stored)…"):
         report = seed_packs(rt.knowledge, rt.domains, domain or None)
+    for r in report.reports:
+        audit_ingest(rt, r, actor=cli_actor(), via="seed")
     _print_ingest(report.reports, json_out)
 
 
@@ -448,7 +509,14 @@ def domain_add(
         data = yaml.safe_load(spec.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as e:
         raise InvalidInputError(f"cannot read domain spec {spec}: {e}") from e
-    added = _runtime().domains.add(data)
+    from twinloop.serving.control import cli_actor
+
+    rt = _runtime()
+    added = rt.domains.add(data)
+    # A domain's policy (citations, approval) and router prototype are configuration.
+    rt.events.append("domain.added", actor=cli_actor(), subject=added.name, reason=f"from {spec.name}",
+                     data={"citations_required": added.citations_required,
+                           "approval_required": added.approval_required})
     if json_out:
         _emit_json(added.model_dump(mode="json"))
     else:
@@ -474,6 +542,96 @@ def serve(
 
     run_server(config or _state.config_path, _state.data_dir, host=host, port=port)
 
+
+# -- benchmarks (issue 7) ---------------------------------------------------------------------
+
+
+@app.command()
+def bench(
+    quick: Annotated[bool, typer.Option("--quick", help="Small sizes: a few minutes, a smoke run.")] = False,
+    only: Annotated[
+        list[str] | None, typer.Option("--only", help="Run only this benchmark (repeatable).")
+    ] = None,
+    out_dir: Annotated[
+        Path | None,
+        typer.Option("--out-dir", help="Results folder (default bench-results, or bench-results/quick)."),
+    ] = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """Run the benchmark programs one by one; write summary.json and summary.md of their figures.
+
+    Exits with 1 when any program failed (the others still ran and are in the summary).
+    """
+    from twinloop.bench import format_value, run_benchmarks
+
+    summary = run_benchmarks(only or (), quick=quick, out_dir=out_dir, progress=err.print)
+    if json_out:
+        _emit_json(summary.to_json())
+    else:
+        table = Table(title=f"Benchmarks ({summary.mode}, {summary.seconds:.0f} s)", title_justify="left")
+        for col in ("benchmark", "figure", "value"):
+            table.add_column(col, overflow="fold")
+        for r in summary.benchmarks:
+            if r.status != "ok":
+                table.add_row(r.name, f"[red]{r.status}[/red]", r.error or "")
+            for i, (k, v) in enumerate(r.headlines.items()):
+                table.add_row(r.name if i == 0 else "", k, format_value(v))
+            table.add_section()
+        out.print(table)
+        out.print(f"wrote {summary.files['json']} and {summary.files['markdown']}")
+    if any(r.status == "failed" for r in summary.benchmarks):
+        raise typer.Exit(1)
+
+
+
+@app.command("eval")
+def eval_(
+    quick: Annotated[
+        bool, typer.Option("--quick/--full", help="Quick: CI sanity run (~4 min). Full: all methods, the report.")
+    ] = True,
+    out_dir: Annotated[
+        Path | None,
+        typer.Option("--out", help="Results folder (default bench-results/eval-quick, or docs/eval for --full)."),
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Training seed.")] = None,
+    steps: Annotated[int | None, typer.Option(help="Optimiser steps per update.")] = None,
+    methods: Annotated[
+        str | None, typer.Option(help="Comma-separated methods, e.g. Static,NaiveAdapters,TwinLoop.")
+    ] = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """Continual-learning experiment (issue 7): domains in sequence, Static vs adapters vs TwinLoop
+    vs ablations vs full fine-tune; accuracy matrix, ACC, forgetting, BWT, cost, availability.
+
+    Writes results.json (and, with --full, report.md with PNG plots) to the results folder.
+    """
+    from twinloop.experiments.continual import full_config, quick_config, run
+
+    overrides: dict[str, Any] = {}
+    if seed is not None:
+        overrides["seed"] = seed
+    if steps is not None:
+        overrides["steps"] = steps
+    if methods:
+        overrides["methods"] = tuple(m.strip() for m in methods.split(",") if m.strip())
+    config = quick_config(**overrides) if quick else full_config(**overrides)
+    target = out_dir or Path("bench-results/eval-quick" if quick else "docs/eval")
+    doc = run(config, target, settings=_settings(), progress=lambda line: err.print(line, highlight=False))
+    if json_out:
+        _emit_json({k: v for k, v in doc.items() if k != "methods"}
+                   | {"methods": {n: {k: v for k, v in m.items() if k != "steps"} for n, m in doc["methods"].items()}})
+        return
+    table = Table(title=f"Continual learning ({config.mode}, {doc['seconds']:.0f} s) → {target}", title_justify="left")
+    for col in ("method", "ACC", "forgetting", "BWT", "learned", "availability", "train CPU-s", "p50/p95 ms",
+                "ingest→cited s"):
+        table.add_column(col)
+    for name, m in doc["methods"].items():
+        lat = m["latency_eval_ms"]
+        cited = m["ingest_to_cited_s"]["median"]
+        table.add_row(name, f"{m['acc']:.2f}", f"{m['forgetting']:.2f}", f"{m['bwt']:+.2f}",
+                      f"{m['learning_accuracy']:.2f}", f"{m['availability']:.3f}", f"{m['train_cpu_s_total']:.0f}",
+                      f"{lat['p50'] or 0:.0f}/{lat['p95'] or 0:.0f}", "-" if cited is None else f"{cited:.1f}")
+    out.print(table)
 
 # The release commands live in their own module (registered on ``app`` when imported).
 from twinloop import cli_release  # noqa: E402,F401

@@ -59,7 +59,7 @@ GENESIS = "0" * 64
 """``prev_hash`` of the first event."""
 
 ACTIONS = frozenset({
-    "config.loaded", "auth.failed",
+    "config.loaded", "domain.added", "auth.failed",
     "knowledge.ingested", "knowledge.removed",
     "feedback.accepted", "feedback.quarantined",
     "training.started", "training.finished", "training.failed",
