@@ -77,11 +77,13 @@ def under_load(service: Service, a: str, b: str, seconds: float, clients: int, m
     moves: list[dict] = []
     with ServerThread(app) as server:
         def client(i: int) -> None:
-            kinds = ("generate", "answer")
+            # Mostly short generations (many requests cross each swap), every fourth a full
+            # answer (route, retrieve, adapter, verify: the path a swap changes most).
+            kinds = ("generate", "generate", "generate", "answer")
             with httpx.Client(base_url=server.url, timeout=300, headers={"Authorization": f"Bearer {KEY}"}) as c:
                 n = 0
                 while not stop.is_set():
-                    kind = kinds[(i + n) % 2]
+                    kind = kinds[(i + n) % len(kinds)]
                     n += 1
                     t = time.perf_counter()
                     if kind == "generate":

@@ -370,3 +370,25 @@ def test_gate_error_names_every_problem(tmp_path):
         promotion.swap(rt.releases, rt.domains, rid, rt.settings.release, actor="t")
     msg = str(e.value)
     assert "no QA dry-run" in msg and "no canary" in msg and "approval" in msg
+
+
+def test_automatic_rollback_fires_on_latency(tmp_path):
+    """The p95 trigger: max(latency floor, factor × the pre-swap p95) (paper §5.4)."""
+    settings = tiny_settings(tmp_path / "data", rollback={"latency_p95_ms": 150.0, "latency_factor": 2.0,
+                                                          "min_requests": 4, "window": 4})
+    with Server(settings) as s:
+        rt = s.runtime
+        base = rt.releases.pointer("active")
+        rid = make_candidate(rt, tmp_path)
+        pass_gates(rt, rid)
+        for i in range(4):
+            assert s.ask(f"w{i}").status_code == 200
+        assert s.http.post("/v1/admin/swap", json={"release": rid}).status_code == 200
+        s.http.post("/v1/admin/faults", json={"release": rid, "delay_ms": 400})
+        codes = [s.ask(f"slow{i}").status_code for i in range(4)]
+        assert codes == [200] * 4  # slow, not failing: the breaker stays closed
+        s.service.control.flush()
+        assert rt.releases.pointer("active") == base and s.http.get("/v1/health").json()["release"] == base
+        ev = rt.events.list(action="rollback.automatic")
+        assert len(ev) == 1 and "latency p95" in ev[0].reason
+        assert s.http.get("/v1/health").json()["breaker"] == "closed"

@@ -548,7 +548,9 @@ def serve(
 
 @app.command()
 def bench(
-    quick: Annotated[bool, typer.Option("--quick", help="Small sizes: a few minutes, a smoke run.")] = False,
+    quick: Annotated[
+        bool, typer.Option("--quick", help="Small sizes: a smoke run (10-15 min on 2 CPU cores).")
+    ] = False,
     only: Annotated[
         list[str] | None, typer.Option("--only", help="Run only this benchmark (repeatable).")
     ] = None,
