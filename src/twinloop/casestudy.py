@@ -267,17 +267,20 @@ def run_case_study(base: Settings, on_step: StepCallback | None = None,
         cited = [c["label"] for c in after["citations"]]
         top = after["retrieved"][0]["label"] if after["retrieved"] else "none"
         cites_new = any((c.get("uri") or "").startswith(QDA_URI) for c in after["citations"])
+        rank = next((p["n"] for p in after["retrieved"] if (p.get("uri") or "").startswith(QDA_URI)), None)
         right = fact in after["text"].lower()
         summary["ingest_to_answer_s"] = round(ingest_to_answer, 2)
         summary["answer_after_ingest"] = {"cites_new_article": cites_new, "correct": right,
-                                          "verified": after["verified"]}
+                                          "verified": after["verified"], "new_article_rank": rank}
         tl.step("The regulation is ingested; the same question is answered from it", t0,
                 {"revision": r.json()["revision"], "verified": after["verified"], "cites": cited,
                  "cites_new_article": cites_new, "correct": right},
                 [f"ingested {r.json()['added']} articles as index revision {r.json()['revision']}",
                  f"A ({after['status']}, {'right' if right else 'wrong'}): {_short(_body(after['text']))}",
-                 f"cited: {', '.join(cited) or 'nothing'} (top retrieved: {top}); "
-                 f"ingest → answer in {ingest_to_answer:.1f} s"])
+                 f"the new article is retrieved at rank {rank} (top: {top}); cited: {', '.join(cited) or 'nothing'}; "
+                 f"ingest → answer in {ingest_to_answer:.1f} s",
+                 *([] if right else ["the 135M model misquotes its source here; the claim check flags it "
+                                     f"{after['status'].upper()} rather than passing it off as cited"])])
 
         # 3. Expert corrections as feedback: three good, one with personal data, one poisoned.
         t0 = time.perf_counter()
