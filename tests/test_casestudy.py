@@ -15,6 +15,9 @@ TINY = {
     "qa": {"pass_rate": 0.0, "citation_rate": 0.0, "regression_tolerance": 1.0},
     "serving": {"answer_max_new_tokens": 4},
     "retrieval": {"k": 2},  # the tiny byte-level tokenizer makes five sources too long a prompt
+    # On the tiny model a LoRA adapter is a large share of the compute, so the candidate is
+    # measurably slower; the latency check's own tests are in test_release_canary.
+    "canary": {"latency_margin": 10.0},
 }
 
 
