@@ -29,11 +29,11 @@ import time
 from pathlib import Path
 
 import httpx
-
 from _releases import candidate_with_adapters
+
 from twinloop.api import create_app
 from twinloop.api.server import ServerThread
-from twinloop.config import load_settings
+from twinloop.kernel.config import load_settings
 from twinloop.knowledge.seed import seed_packs
 from twinloop.runtime import Runtime
 from twinloop.serving.service import Service

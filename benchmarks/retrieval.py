@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from twinloop.config import load_settings
+from twinloop.kernel.config import load_settings
 from twinloop.knowledge.seed import seed_packs
 from twinloop.routing import Router, RouterSpec
 from twinloop.runtime import Runtime

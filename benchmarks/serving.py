@@ -24,9 +24,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from _releases import candidate_with_adapters
-from twinloop.config import load_settings
+
+from twinloop.kernel.config import load_settings
 from twinloop.knowledge.seed import seed_packs
 from twinloop.runtime import Runtime
 from twinloop.serving.pipeline import AnswerRequest

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import peft
 
-from twinloop.config import load_settings
+from twinloop.kernel.config import load_settings
 from twinloop.learning.intake import FeedbackIntake
 from twinloop.learning.sample import Sample
 from twinloop.runtime import Runtime

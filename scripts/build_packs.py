@@ -29,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from twinloop.atomic import atomic_write_bytes
+from twinloop.kernel.atomic import atomic_write_bytes
 from twinloop.knowledge.document import Document, normalise_text
 from twinloop.knowledge.sources import (
     QAItem,

@@ -9,7 +9,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-from twinloop.config import Settings, load_settings  # noqa: E402
+from twinloop.kernel.config import Settings, load_settings  # noqa: E402
 from twinloop.runtime import Runtime  # noqa: E402
 
 
@@ -47,8 +47,8 @@ def real_runtime(real_data_dir) -> Runtime:
 @pytest.fixture(scope="session")
 def embedder():
     """The real all-MiniLM-L6-v2 (loads in about a second; retrieval tests need real vectors)."""
-    from twinloop.config import EmbedderConfig
-    from twinloop.embedder import load_embedder
+    from twinloop.foundation.embedder import load_embedder
+    from twinloop.kernel.config import EmbedderConfig
 
     return load_embedder(EmbedderConfig())
 
@@ -56,8 +56,8 @@ def embedder():
 @pytest.fixture
 def knowledge(tmp_path, embedder):
     """An empty knowledge store with the default domains, and its retriever."""
-    from twinloop.config import RetrievalConfig
-    from twinloop.db import Database
+    from twinloop.kernel.config import RetrievalConfig
+    from twinloop.kernel.db import Database
     from twinloop.knowledge.retrieval import Retriever
     from twinloop.knowledge.store import KnowledgeStore
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from twinloop.config import FoundationConfig
-from twinloop.datadir import DataDir
 from twinloop.foundation import load_foundation
+from twinloop.kernel.config import FoundationConfig
+from twinloop.kernel.datadir import DataDir
 
 
 def wide_tiny_foundation(path, hidden: int = 64):

@@ -25,8 +25,8 @@ from twinloop.api.errors import to_api_error
 from twinloop.api.logs import ACCESS_LOGGER, JsonFormatter
 from twinloop.api.ratelimit import RateLimiter
 from twinloop.api.server import ServerThread
-from twinloop.config import load_settings
-from twinloop.errors import ConfigError
+from twinloop.kernel.config import load_settings
+from twinloop.kernel.errors import ConfigError
 from twinloop.runtime import Runtime
 from twinloop.serving.engine import EngineStoppedError, QueueFullError
 from twinloop.serving.service import Service

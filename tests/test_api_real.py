@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from twinloop.api import create_app
 from twinloop.api.server import ServerThread
-from twinloop.config import ApiConfig
+from twinloop.kernel.config import ApiConfig
 from twinloop.serving.service import Service
 
 pytestmark = pytest.mark.real

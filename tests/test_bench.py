@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from twinloop import bench
-from twinloop.bench import BenchSpec, BenchSummary, run_benchmarks
-from twinloop.errors import ConfigError, InvalidInputError
+from twinloop.kernel.errors import ConfigError, InvalidInputError
+from twinloop.showcase import bench
+from twinloop.showcase.bench import BenchSpec, BenchSummary, run_benchmarks
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs" / "bench"

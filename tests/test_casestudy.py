@@ -3,8 +3,8 @@ worker process); the real-model run is ``make demo`` (its figures are in the iss
 
 from __future__ import annotations
 
-from twinloop.casestudy import run_case_study
-from twinloop.config import load_settings
+from twinloop.kernel.config import load_settings
+from twinloop.showcase.casestudy import run_case_study
 
 TINY = {
     "foundation": {"source": "tiny", "threads": 1},

@@ -8,7 +8,6 @@ import json
 import sqlite3
 
 import pytest
-
 from test_release_crash import twinloop, world  # noqa: F401  (world is a fixture)
 from test_release_flow import pass_gates
 
@@ -61,7 +60,7 @@ def test_release_commands_end_to_end(world, tmp_path):  # noqa: F811
 def test_events_verify_catches_a_tampered_log(world):  # noqa: F811
     pass_gates(world["rt"], world["rid"])
     ok(twinloop(world, "swap", world["rid"]))
-    db = sqlite3.connect(world["data"] / "twinloop.db")
+    db = sqlite3.connect(world["data"] / "twinloop.kernel.db")
     db.execute("DROP TRIGGER events_no_update")  # what an attacker with file access can do
     db.execute("UPDATE events SET actor='someone-else' WHERE action='swap'")
     db.commit()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from twinloop.config import load_settings
-from twinloop.errors import ConfigError
+from twinloop.kernel.config import load_settings
+from twinloop.kernel.errors import ConfigError
 
 # (dotted field, paper Appendix A value) — adding a default to check is one line.
 APPENDIX_A = [

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from twinloop.config import EmbedderConfig
-from twinloop.embedder import load_embedder
-from twinloop.errors import ModelLoadError
+from twinloop.foundation.embedder import load_embedder
+from twinloop.kernel.config import EmbedderConfig
+from twinloop.kernel.errors import ModelLoadError
 
 pytestmark = pytest.mark.real
 

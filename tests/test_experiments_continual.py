@@ -16,11 +16,11 @@ import time
 
 import pytest
 
-from twinloop.errors import InvalidInputError
-from twinloop.experiments.continual import EvalConfig, quick_config, run
-from twinloop.experiments.load import LoadGenerator
-from twinloop.experiments.methods import ServiceUnavailable
-from twinloop.experiments.report import PLOTS, REPORT_FILE
+from twinloop.kernel.errors import InvalidInputError
+from twinloop.showcase.experiments.continual import EvalConfig, quick_config, run
+from twinloop.showcase.experiments.load import LoadGenerator
+from twinloop.showcase.experiments.methods import ServiceUnavailable
+from twinloop.showcase.experiments.report import PLOTS, REPORT_FILE
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from twinloop.errors import InvalidInputError
-from twinloop.experiments import metrics
-from twinloop.experiments.facts import DOMAINS, FACTS, facts_of, is_correct, tasks
+from twinloop.kernel.errors import InvalidInputError
+from twinloop.showcase.experiments import metrics
+from twinloop.showcase.experiments.facts import (
+    DOMAINS,
+    FACTS,
+    facts_of,
+    is_correct,
+    tasks,
+)
 
 # Three tasks. Task 0 is learned to 1.0, drops to 0.5, ends at 0.5; task 1 learned to 0.8,
 # ends at 0.4; task 2 ends at 0.9.
@@ -151,8 +157,8 @@ def test_tasks_reject_bad_requests(kwargs, message):
 def test_training_samples_pass_the_feedback_filters_unchanged(tiny_runtime):
     # Every correction and augmentation must reach Shadow as written: a filter that redacted
     # "16:40" or quarantined a drug name would silently change what the experiment measures.
-    from twinloop.experiments.methods import training_samples
     from twinloop.learning.intake import FeedbackIntake, list_samples
+    from twinloop.showcase.experiments.methods import training_samples
 
     samples = [s for t in tasks(DOMAINS, cycles=3, per_step=3) for s in training_samples(t, augment=True)]
     report = FeedbackIntake(tiny_runtime.db, tiny_runtime.domains).submit(samples)

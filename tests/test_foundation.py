@@ -6,10 +6,10 @@ import pytest
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from twinloop.config import FoundationConfig
-from twinloop.datadir import DataDir
-from twinloop.errors import InvalidInputError, ModelLoadError
 from twinloop.foundation import load_foundation
+from twinloop.kernel.config import FoundationConfig
+from twinloop.kernel.datadir import DataDir
+from twinloop.kernel.errors import InvalidInputError, ModelLoadError
 
 
 @pytest.fixture

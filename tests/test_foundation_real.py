@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from twinloop.datadir import DataDir
 from twinloop.foundation import cache, load_foundation
+from twinloop.kernel.datadir import DataDir
 
 pytestmark = pytest.mark.real
 

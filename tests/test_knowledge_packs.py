@@ -7,9 +7,9 @@ from importlib import resources
 
 import pytest
 
-from twinloop.config import RetrievalConfig, RouterConfig
-from twinloop.db import Database
-from twinloop.domains import DEFAULT_PACKS, load_pack, pack_corpus
+from twinloop.kernel.config import RetrievalConfig, RouterConfig
+from twinloop.kernel.db import Database
+from twinloop.knowledge.domains import DEFAULT_PACKS, load_pack, pack_corpus
 from twinloop.knowledge.retrieval import Retriever
 from twinloop.knowledge.store import KnowledgeStore
 from twinloop.routing import Router, RouterSpec

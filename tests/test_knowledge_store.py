@@ -6,9 +6,9 @@ import logging
 
 import pytest
 
-from twinloop.config import RetrievalConfig
-from twinloop.db import Database
-from twinloop.errors import InvalidInputError, UnknownDomainError
+from twinloop.kernel.config import RetrievalConfig
+from twinloop.kernel.db import Database
+from twinloop.kernel.errors import InvalidInputError, UnknownDomainError
 from twinloop.knowledge.retrieval import Retriever
 from twinloop.knowledge.store import KnowledgeStore
 

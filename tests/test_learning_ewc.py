@@ -8,9 +8,15 @@ import pytest
 import torch
 from torch import nn
 
-from twinloop.config import EwcConfig
-from twinloop.errors import IntegrityError, InvalidInputError
-from twinloop.learning.ewc import EWC, META_FILE, TENSORS_FILE, estimate_fisher, trainable_parameters
+from twinloop.kernel.config import EwcConfig
+from twinloop.kernel.errors import IntegrityError, InvalidInputError
+from twinloop.learning.ewc import (
+    EWC,
+    META_FILE,
+    TENSORS_FILE,
+    estimate_fisher,
+    trainable_parameters,
+)
 
 
 def seeded_ewc(lam: float = 0.7, beta: float = 0.9) -> tuple[EWC, dict[str, torch.Tensor]]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from twinloop.config import load_settings
+from twinloop.kernel.config import load_settings
 from twinloop.learning.intake import list_samples
 from twinloop.learning.quarantine import list_quarantine
 from twinloop.runtime import Runtime

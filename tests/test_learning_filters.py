@@ -8,9 +8,10 @@ import sqlite3
 
 import pytest
 
-from twinloop.db import Database
-from twinloop.domains import DomainRegistry
-from twinloop.errors import ConfigError, InvalidInputError
+from twinloop.kernel.db import Database
+from twinloop.kernel.errors import ConfigError, InvalidInputError
+from twinloop.kernel.pii import PiiRedactor, iban_valid, luhn_valid
+from twinloop.knowledge.domains import DomainRegistry
 from twinloop.learning.filters import (
     DedupFilter,
     FilterContext,
@@ -20,8 +21,12 @@ from twinloop.learning.filters import (
     ToxicityFilter,
     WordList,
 )
-from twinloop.learning.intake import FeedbackIntake, list_samples, mark_used, samples_from_feedback
-from twinloop.learning.pii import PiiRedactor, iban_valid, luhn_valid
+from twinloop.learning.intake import (
+    FeedbackIntake,
+    list_samples,
+    mark_used,
+    samples_from_feedback,
+)
 from twinloop.learning.quarantine import Quarantine, list_quarantine
 from twinloop.learning.sample import Sample
 

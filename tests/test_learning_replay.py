@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from twinloop.config import ReplayConfig
-from twinloop.db import Database
-from twinloop.errors import InvalidInputError
+from twinloop.kernel.config import ReplayConfig
+from twinloop.kernel.db import Database
+from twinloop.kernel.errors import InvalidInputError
 from twinloop.learning.replay import BetaSchedule, ReplayBuffer
 
 

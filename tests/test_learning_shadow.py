@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from twinloop.config import load_settings
+from twinloop.kernel.config import load_settings
 from twinloop.learning.intake import FeedbackIntake, list_samples
 from twinloop.learning.jobs import TrainJobs
 from twinloop.learning.sample import Sample

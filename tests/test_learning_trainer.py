@@ -11,10 +11,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from twinloop.config import EwcConfig, FoundationConfig, LoraConfig, TrainingConfig
-from twinloop.datadir import DataDir
-from twinloop.db import Database
 from twinloop.foundation.model import load_foundation
+from twinloop.kernel.config import (
+    EwcConfig,
+    FoundationConfig,
+    LoraConfig,
+    TrainingConfig,
+)
+from twinloop.kernel.datadir import DataDir
+from twinloop.kernel.db import Database
 from twinloop.learning.ewc import EWC
 from twinloop.learning.replay import ReplayBuffer
 from twinloop.learning.sample import Sample

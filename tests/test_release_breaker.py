@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from twinloop.config import BreakerConfig
+from twinloop.kernel.config import BreakerConfig
 from twinloop.release.breaker import BreakerState, CircuitBreaker
 
 CLOSED, OPEN, HALF_OPEN = BreakerState.CLOSED, BreakerState.OPEN, BreakerState.HALF_OPEN

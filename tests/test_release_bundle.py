@@ -9,9 +9,9 @@ import tarfile
 
 import pytest
 
-from twinloop.atomic import sha256_bytes
-from twinloop.db import Database
-from twinloop.errors import IntegrityError, InvalidInputError
+from twinloop.kernel.atomic import sha256_bytes
+from twinloop.kernel.db import Database
+from twinloop.kernel.errors import IntegrityError, InvalidInputError
 from twinloop.release.artifacts import ArtifactStore
 from twinloop.release.bundle import export_bundle, import_bundle
 from twinloop.release.registry import ReleaseRegistry

@@ -7,9 +7,9 @@ import sqlite3
 
 import pytest
 
-from twinloop.config import CanaryConfig
-from twinloop.db import Database
-from twinloop.errors import InvalidInputError
+from twinloop.kernel.config import CanaryConfig
+from twinloop.kernel.db import Database
+from twinloop.kernel.errors import InvalidInputError
 from twinloop.release.canary import (
     ArmStats,
     CanaryDecision,

@@ -3,7 +3,7 @@ consistent registry, and a restarted server serves the last committed Active rel
 
 Each case runs a real ``twinloop`` process (CLI, training worker or server) with
 ``TWINLOOP_CRASH_AT`` naming the point where it kills itself with SIGKILL
-(``twinloop/crashpoints.py``): inside the transaction (nothing of the step may remain) or
+(``twinloop/kernel/crashpoints.py``): inside the transaction (nothing of the step may remain) or
 just after it committed (all of it must remain, and a restart must use it).
 """
 
@@ -19,8 +19,15 @@ import time
 
 import httpx
 import pytest
+from test_release_flow import (
+    ADMIN,
+    READER,
+    Server,
+    make_candidate,
+    pass_gates,
+    tiny_settings,
+)
 
-from test_release_flow import ADMIN, READER, Server, make_candidate, pass_gates, tiny_settings
 from twinloop.learning.intake import FeedbackIntake, list_samples
 from twinloop.learning.sample import Sample
 from twinloop.release.canary import CanaryStore
@@ -130,7 +137,7 @@ def test_sigkill_while_a_canary_concludes(world):
     assert twinloop(world, "canary", "start", world["rid"]).returncode == 0
     before = snapshot(rt)
     script = (
-        "import sys; from twinloop.config import load_settings; from twinloop.runtime import Runtime\n"
+        "import sys; from twinloop.kernel.config import load_settings; from twinloop.runtime import Runtime\n"
         "from twinloop.release import promotion; from twinloop.release.canary import CanaryStore, CanaryDecision\n"
         f"rt = Runtime(load_settings({str(world['cfg'])!r}, data_dir={str(world['data'])!r}))\n"
         "store = CanaryStore(rt.db)\n"

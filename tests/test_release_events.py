@@ -12,8 +12,8 @@ import threading
 
 import pytest
 
-from twinloop.db import Database
-from twinloop.errors import InvalidInputError
+from twinloop.kernel.db import Database
+from twinloop.kernel.errors import InvalidInputError
 from twinloop.release.events import GENESIS, EventStore, event_hash
 
 
@@ -154,7 +154,7 @@ def test_concurrent_appends_from_processes(tmp_path):
     store = EventStore(Database(path))  # schema and triggers exist before the writers start
     script = textwrap.dedent(f"""
         import sys
-        from twinloop.db import Database
+        from twinloop.kernel.db import Database
         from twinloop.release.events import EventStore
         store = EventStore(Database({str(path)!r}))
         for i in range(40):

@@ -13,7 +13,7 @@ import pytest
 
 from twinloop.api import create_app
 from twinloop.api.server import ServerThread
-from twinloop.config import load_settings
+from twinloop.kernel.config import load_settings
 from twinloop.release import promotion
 from twinloop.release.canary import CanaryStore, assign_arm
 from twinloop.release.consistency import check_consistency

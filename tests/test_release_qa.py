@@ -15,9 +15,9 @@ from importlib import resources
 import pytest
 
 from twinloop.api.metrics import ApiMetrics, EngineObserver
-from twinloop.config import QaConfig, Settings, load_settings
-from twinloop.domains import DEFAULT_PACKS, load_pack, pack_corpus
-from twinloop.errors import InvalidInputError, UnknownDomainError
+from twinloop.kernel.config import QaConfig, Settings, load_settings
+from twinloop.kernel.errors import InvalidInputError, UnknownDomainError
+from twinloop.knowledge.domains import DEFAULT_PACKS, load_pack, pack_corpus
 from twinloop.release.qa import (
     DEFAULT_GATES,
     CaseResult,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from twinloop.db import Database
-from twinloop.errors import IntegrityError, InvalidInputError
+from twinloop.kernel.db import Database
+from twinloop.kernel.errors import IntegrityError, InvalidInputError
 from twinloop.release.artifacts import ArtifactStore
 from twinloop.release.registry import ReleaseRegistry
 

@@ -8,8 +8,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from twinloop.config import RetentionConfig
-from twinloop.db import Database
+from twinloop.kernel.config import RetentionConfig
+from twinloop.kernel.db import Database
 from twinloop.release.artifacts import ArtifactStore
 from twinloop.release.registry import ReleaseRegistry
 from twinloop.release.retention import plan_prune, prune
@@ -179,7 +179,7 @@ def test_unprotected_ancestor_of_a_kept_release_stays(world):
     # A lineage record: row kept, adapters gone, and never served again.
     assert world.reg.get(old).status == "pruned"
     assert world.reg.get(old).adapters["law"] in plan.artifacts
-    from twinloop.errors import InvalidInputError
+    from twinloop.kernel.errors import InvalidInputError
     from twinloop.release.promotion import check_servable
 
     with pytest.raises(InvalidInputError, match="pruned"):

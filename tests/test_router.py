@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from twinloop.config import RouterConfig
-from twinloop.domains import DomainSpec, KeywordRule
-from twinloop.errors import InvalidInputError
+from twinloop.kernel.config import RouterConfig
+from twinloop.kernel.errors import InvalidInputError
+from twinloop.knowledge.domains import DomainSpec, KeywordRule
 from twinloop.routing import Router, RouterSpec
 
 SPECS = [

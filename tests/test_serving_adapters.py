@@ -11,7 +11,7 @@ import torch
 from helpers import wide_tiny_foundation
 from peft import LoraConfig, PeftModelForCausalLM
 
-from twinloop.errors import InvalidInputError, ModelLoadError
+from twinloop.kernel.errors import InvalidInputError, ModelLoadError
 from twinloop.serving.adapters import AdapterRegistry
 from twinloop.serving.types import BASE_ADAPTER
 

@@ -15,10 +15,15 @@ import torch
 from helpers import wide_tiny_foundation
 from peft import LoraConfig, PeftModel
 
-from twinloop.config import ServingConfig
-from twinloop.errors import InvalidInputError
+from twinloop.kernel.config import ServingConfig
+from twinloop.kernel.errors import InvalidInputError
 from twinloop.serving.adapters import AdapterRegistry
-from twinloop.serving.engine import EngineStoppedError, GenerationEngine, QueueFullError, _Detokenizer
+from twinloop.serving.engine import (
+    EngineStoppedError,
+    GenerationEngine,
+    QueueFullError,
+    _Detokenizer,
+)
 from twinloop.serving.types import BASE_ADAPTER, GenRequest
 
 PROMPTS = ["what is the capital of france", "hello there", "x", "tell me about lora adapters"]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from twinloop.db import Database
-from twinloop.errors import InvalidInputError
+from twinloop.kernel.db import Database
+from twinloop.kernel.errors import InvalidInputError
 from twinloop.serving.requestlog import RequestLog, UnknownRequestError
 
 

@@ -18,13 +18,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from twinloop.errors import InvalidInputError
+from twinloop.kernel.errors import InvalidInputError
 from twinloop.knowledge.document import Document, normalise_text
-from twinloop.knowledge.sources import documents_from_jsonl
 from twinloop.knowledge.sources import (
     FORMATS,
     detect_and_load,
     detect_format,
+    documents_from_jsonl,
     load_gdpr,
     load_law_editions,
     load_markdown_folder,

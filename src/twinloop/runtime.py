@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
-from twinloop.config import Settings
-from twinloop.datadir import DataDir
+from twinloop.kernel.config import Settings
+from twinloop.kernel.datadir import DataDir
 
 
 @dataclass
@@ -32,19 +32,19 @@ class Runtime:
 
     @cached_property
     def embedder(self):
-        from twinloop.embedder import load_embedder
+        from twinloop.foundation.embedder import load_embedder
 
         return load_embedder(self.settings.embedder)
 
     @cached_property
     def db(self):
-        from twinloop.db import Database
+        from twinloop.kernel.db import Database
 
         return Database(self.data_dir.database)
 
     @cached_property
     def domains(self):
-        from twinloop.domains import DomainRegistry
+        from twinloop.knowledge.domains import DomainRegistry
 
         return DomainRegistry(self.db)
 

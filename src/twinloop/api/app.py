@@ -21,7 +21,7 @@ from twinloop.api.auth import AuthFailure, KeyStore, check_bind
 from twinloop.api.metrics import ApiMetrics, EngineObserver
 from twinloop.api.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from twinloop.api.ratelimit import RateLimiter
-from twinloop.config import Settings
+from twinloop.kernel.config import Settings
 from twinloop.serving.service import Service
 
 log = logging.getLogger("twinloop.api")

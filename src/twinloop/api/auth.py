@@ -20,8 +20,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from twinloop.config import ApiConfig
-from twinloop.errors import ConfigError
+from twinloop.kernel.config import ApiConfig
+from twinloop.kernel.errors import ConfigError
 
 Role = Literal["reader", "operator", "admin"]
 ROLE_RANK: dict[str, int] = {"reader": 0, "operator": 1, "admin": 2}

@@ -40,7 +40,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from twinloop.api.auth import AuthError
-from twinloop.errors import InvalidInputError, TwinLoopError, UnknownDomainError
+from twinloop.kernel.errors import InvalidInputError, TwinLoopError, UnknownDomainError
 from twinloop.serving.requestlog import UnknownRequestError
 
 log = logging.getLogger("twinloop.api")

@@ -29,7 +29,7 @@ from twinloop.api.schemas import (
     TrainBody,
 )
 from twinloop.api.streaming import prefetch, sse, sse_response
-from twinloop.errors import ModelLoadError
+from twinloop.kernel.errors import ModelLoadError
 from twinloop.knowledge.store import IngestReport
 from twinloop.learning.jobs import JobRunningError, TrainJobs, UnknownJobError
 from twinloop.serving.pipeline import AnswerRequest

@@ -12,7 +12,7 @@ import threading
 import time
 from pathlib import Path
 
-from twinloop.errors import TwinLoopError
+from twinloop.kernel.errors import TwinLoopError
 
 log = logging.getLogger("twinloop.api")
 
@@ -29,7 +29,7 @@ def serve(config_path: Path | None, data_dir: Path | None, host: str | None = No
     from twinloop.api.app import create_app
     from twinloop.api.auth import check_bind
     from twinloop.api.logs import configure_json_logging
-    from twinloop.config import load_settings
+    from twinloop.kernel.config import load_settings
     from twinloop.runtime import Runtime
     from twinloop.serving.service import Service
 

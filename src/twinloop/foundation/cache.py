@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from twinloop.atomic import fsync_dir, fsync_tree, sha256_file
+from twinloop.kernel.atomic import fsync_dir, fsync_tree, sha256_file
 
 log = logging.getLogger(__name__)
 

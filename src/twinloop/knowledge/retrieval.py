@@ -26,7 +26,7 @@ from typing import Literal
 
 import numpy as np
 
-from twinloop.errors import InvalidInputError
+from twinloop.kernel.errors import InvalidInputError
 from twinloop.knowledge.document import citation_label
 from twinloop.knowledge.store import KnowledgeStore
 

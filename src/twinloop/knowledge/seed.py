@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from twinloop.domains import DomainRegistry, pack_corpus
+from twinloop.knowledge.domains import DomainRegistry, pack_corpus
 from twinloop.knowledge.store import IngestReport, KnowledgeStore
 
 

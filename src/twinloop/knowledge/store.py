@@ -22,14 +22,14 @@ import logging
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
-from twinloop.config import RetrievalConfig
-from twinloop.db import Database
-from twinloop.errors import InvalidInputError, UnknownDomainError
+from twinloop.kernel.clock import now_iso
+from twinloop.kernel.config import RetrievalConfig
+from twinloop.kernel.db import Database
+from twinloop.kernel.errors import InvalidInputError, UnknownDomainError
 from twinloop.knowledge.chunking import chunk_text
 from twinloop.knowledge.document import Document, article_ref
 from twinloop.knowledge.vectors import VectorIndex
@@ -235,7 +235,7 @@ class KnowledgeStore:
         return found
 
     def _commit_ingest(self, domain, new, pieces, vecs: np.ndarray, note) -> int:
-        now = datetime.now(UTC).isoformat(timespec="seconds")
+        now = now_iso()
         with self.db.transaction() as conn:
             rev = conn.execute(
                 "INSERT INTO kn_revisions(created_at, domain, action, note, added) VALUES (?,?,?,?,?)",
@@ -283,7 +283,7 @@ class KnowledgeStore:
             targets = [r["id"] for r in rows if r["removed_rev"] is None or erase]
             if not targets:
                 return RemoveReport(domain, None, 0, erase)
-            now = datetime.now(UTC).isoformat(timespec="seconds")
+            now = now_iso()
             marks = ",".join("?" * len(targets))
             with self.db.transaction() as conn:
                 rev = conn.execute(

@@ -23,8 +23,13 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from twinloop.atomic import atomic_write_bytes, atomic_write_json, sha256_bytes, sha256_file
-from twinloop.db import Database
+from twinloop.kernel.atomic import (
+    atomic_write_bytes,
+    atomic_write_json,
+    sha256_bytes,
+    sha256_file,
+)
+from twinloop.kernel.db import Database
 
 log = logging.getLogger(__name__)
 

@@ -28,9 +28,9 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
-from twinloop.atomic import atomic_write_bytes, atomic_write_json, sha256_bytes
-from twinloop.config import EwcConfig
-from twinloop.errors import IntegrityError, InvalidInputError
+from twinloop.kernel.atomic import atomic_write_bytes, atomic_write_json, sha256_bytes
+from twinloop.kernel.config import EwcConfig
+from twinloop.kernel.errors import IntegrityError, InvalidInputError
 
 TENSORS_FILE = "ewc.safetensors"
 META_FILE = "ewc.json"

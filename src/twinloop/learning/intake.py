@@ -13,12 +13,12 @@ import sqlite3
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, Literal
 
-from twinloop.db import Database
-from twinloop.domains import DomainRegistry
-from twinloop.errors import InvalidInputError
+from twinloop.kernel.clock import now_iso
+from twinloop.kernel.db import Database
+from twinloop.kernel.errors import InvalidInputError
+from twinloop.knowledge.domains import DomainRegistry
 from twinloop.learning.filters import FilterPipeline, Rejection
 from twinloop.learning.quarantine import Quarantine
 from twinloop.learning.sample import Sample
@@ -139,7 +139,7 @@ class FeedbackIntake:
         duplicate in the same transaction.
         """
         result = self.pipeline.run(samples, domains=self.registry.names(), seen=self._seen)
-        now = datetime.now(UTC).isoformat(timespec="milliseconds")
+        now = now_iso()
         accepted: list[Sample] = []
         ids: list[int] = []
         rejected = list(result.rejected)

@@ -11,12 +11,12 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from twinloop.db import Database
-from twinloop.errors import InvalidInputError, TwinLoopError
+from twinloop.kernel.clock import now_iso
+from twinloop.kernel.db import Database
+from twinloop.kernel.errors import InvalidInputError, TwinLoopError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS train_jobs(
@@ -47,9 +47,6 @@ class UnknownJobError(TwinLoopError):
 class JobRunningError(TwinLoopError):
     """A training job is already queued or running (one Shadow run at a time)."""
 
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 def pid_alive(pid: int | None) -> bool:
@@ -84,7 +81,7 @@ class TrainJobs:
     def create(self, domains: list[str] | None, params: dict[str, Any]) -> str:
         """Insert a queued job; returns its id (``job_<12 hex>``)."""
         jid = f"job_{uuid.uuid4().hex[:12]}"
-        now = _now()
+        now = now_iso()
         with self.db.transaction() as conn:
             conn.execute("INSERT INTO train_jobs(id, created_at, updated_at, domains, params) VALUES (?,?,?,?,?)",
                          (jid, now, now, json.dumps(domains or []), json.dumps(params)))
@@ -94,7 +91,7 @@ class TrainJobs:
         marks = ",".join("?" * len(only))
         with self.db.transaction() as conn:
             cur = conn.execute(f"UPDATE train_jobs SET {sql}, updated_at=? WHERE id=? AND status IN ({marks})",
-                               (*args, _now(), jid, *only))
+                               (*args, now_iso(), jid, *only))
         return cur.rowcount == 1
 
     def set_pid(self, jid: str, pid: int) -> None:

@@ -11,13 +11,13 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Iterable
-from datetime import UTC, datetime
 from typing import Any
 
-from twinloop.db import Database
-from twinloop.errors import InvalidInputError
+from twinloop.kernel.clock import now_iso
+from twinloop.kernel.db import Database
+from twinloop.kernel.errors import InvalidInputError
+from twinloop.kernel.pii import PiiRedactor
 from twinloop.learning.filters import Rejection
-from twinloop.learning.pii import PiiRedactor
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS quarantine(
@@ -67,7 +67,7 @@ class Quarantine:
     def add(self, conn: sqlite3.Connection, rejections: Iterable[Rejection]) -> list[int]:
         """Insert rejections inside the caller's transaction (so intake commits them atomically
         with the accepted samples). Returns the new row ids."""
-        now = datetime.now(UTC).isoformat(timespec="milliseconds")
+        now = now_iso()
         ids = []
         for r in rejections:
             s = r.sample

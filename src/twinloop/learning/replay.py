@@ -26,14 +26,14 @@ import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 
-from twinloop.config import ReplayConfig
-from twinloop.db import Database
-from twinloop.errors import InvalidInputError
+from twinloop.kernel.clock import now_iso
+from twinloop.kernel.config import ReplayConfig
+from twinloop.kernel.db import Database
+from twinloop.kernel.errors import InvalidInputError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS replay_items(
@@ -190,7 +190,7 @@ class ReplayBuffer:
         """
         domain = _check_domain(domain)
         parsed = [_identify(item) for item in items]  # validate all before writing any
-        now = datetime.now(UTC).isoformat(timespec="milliseconds")
+        now = now_iso()
         with self.db.transaction() as conn:
             row = conn.execute("SELECT MAX(priority) FROM replay_items WHERE domain=?", (domain,)).fetchone()
             p_max = float(row[0]) if row[0] is not None else NEW_ITEM_PRIORITY

@@ -10,7 +10,7 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from twinloop.knowledge.document import normalise_text
+from twinloop.kernel.text import normalise_text
 
 SOURCES = ("feedback", "correction", "document", "augmentation")
 """Where samples come from: a rated answer, a user's correction, an ingested document, or a

@@ -25,8 +25,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from twinloop.crashpoints import crash_point
-from twinloop.errors import InvalidInputError, TwinLoopError, UnknownDomainError
+from twinloop.kernel.crashpoints import crash_point
+from twinloop.kernel.errors import InvalidInputError, TwinLoopError, UnknownDomainError
 from twinloop.learning.intake import list_samples, mark_used
 from twinloop.learning.jobs import TrainJobs, pid_alive
 from twinloop.learning.replay import ReplayBuffer

@@ -32,10 +32,10 @@ import peft
 import torch
 import torch.nn.functional as F
 
-from twinloop.atomic import fsync_dir, fsync_tree
-from twinloop.config import EwcConfig, LoraConfig, TrainingConfig
-from twinloop.errors import InvalidInputError, TwinLoopError
 from twinloop.foundation.model import Foundation
+from twinloop.kernel.atomic import fsync_dir, fsync_tree
+from twinloop.kernel.config import EwcConfig, LoraConfig, TrainingConfig
+from twinloop.kernel.errors import InvalidInputError, TwinLoopError
 from twinloop.learning.ewc import EWC, trainable_parameters
 from twinloop.learning.intake import list_samples
 from twinloop.learning.replay import BetaSchedule, ReplayBuffer, ReplayItem

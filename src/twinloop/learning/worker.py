@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from twinloop.errors import TwinLoopError
+from twinloop.kernel.errors import TwinLoopError
 from twinloop.learning.jobs import JobRunningError, TrainJobs
 
 log = logging.getLogger("twinloop.learning.worker")
@@ -84,12 +84,12 @@ def run_job(job_id: str, data_dir: Path, config: Path | None = None) -> int:
     """Run one queued job to its end in this process; returns the exit code (0 ok, 1 crash, 2 error)."""
     import torch
 
-    from twinloop.config import load_settings
-    from twinloop.db import Database
+    from twinloop.kernel.config import load_settings
+    from twinloop.kernel.db import Database
     from twinloop.learning.trainer import TrainingCancelled
     from twinloop.runtime import Runtime
 
-    jobs = TrainJobs(Database(Path(data_dir) / "twinloop.db"))
+    jobs = TrainJobs(Database(Path(data_dir) / "twinloop.kernel.db"))
     job = jobs.get(job_id)
     snapshot = job["params"].get("settings")
     if snapshot is not None:
@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     data_dir = args.data_dir
     if data_dir is None:
-        from twinloop.config import load_settings
+        from twinloop.kernel.config import load_settings
 
         data_dir = load_settings(args.config).data_dir
     try:

@@ -19,8 +19,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from twinloop.atomic import fsync_dir, fsync_tree, sha256_file
-from twinloop.errors import IntegrityError, InvalidInputError
+from twinloop.kernel.atomic import fsync_dir, fsync_tree, sha256_file
+from twinloop.kernel.errors import IntegrityError, InvalidInputError
 
 MANIFEST = "manifest.json"
 KINDS = ("adapter",)

@@ -2,7 +2,7 @@
 
 While OPEN the service refuses (or falls back) instead of piling more requests onto a failing
 release, which gives time for a rollback (paper §5.4). The rules, with the defaults of
-:class:`~twinloop.config.BreakerConfig` (paper, App. A):
+:class:`~twinloop.kernel.config.BreakerConfig` (paper, App. A):
 
 * CLOSED → OPEN when the sliding window of the last ``min_requests`` outcomes is full and
   failures / window ≥ ``failure_threshold``. The paper writes "> 0.5" in §5.5 while issue 6
@@ -25,11 +25,11 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from twinloop.config import BreakerConfig
+from twinloop.kernel.clock import now_iso
+from twinloop.kernel.config import BreakerConfig
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +180,7 @@ class CircuitBreaker:
 
     def _open(self, reason: str) -> _Transition:
         self._opened_at = self._clock()
-        self._opened_at_wall = datetime.now(UTC).isoformat(timespec="milliseconds")
+        self._opened_at_wall = now_iso()
         self._probes_in_flight = 0
         self._probe_successes = 0
         return self._move(BreakerState.OPEN, reason)

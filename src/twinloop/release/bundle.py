@@ -31,12 +31,12 @@ import re
 import tarfile
 import tempfile
 import zlib
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from twinloop.atomic import atomic_writer, sha256_bytes, sha256_file
-from twinloop.errors import IntegrityError, InvalidInputError
+from twinloop.kernel.atomic import atomic_writer, sha256_bytes, sha256_file
+from twinloop.kernel.clock import now_iso
+from twinloop.kernel.errors import IntegrityError, InvalidInputError
 from twinloop.release.artifacts import ArtifactStore
 from twinloop.release.registry import Release, ReleaseRegistry, release_id
 
@@ -293,7 +293,7 @@ def import_bundle(registry: ReleaseRegistry, path: Path, *, actor: str) -> Relea
             cur = conn.execute(
                 "INSERT OR IGNORE INTO releases(id, parent, created_at, status, adapters, index_revision,"
                 " router_json, lineage) VALUES (?,?,?,?,?,?,?,?)",
-                (rid, rel["parent"], datetime.now(UTC).isoformat(timespec="milliseconds"), "candidate",
+                (rid, rel["parent"], now_iso(), "candidate",
                  json.dumps(rel["adapters"], sort_keys=True), rel["index_revision"], rel["router_json"],
                  json.dumps(rel["lineage"], sort_keys=True, default=str)))
             if cur.rowcount:

@@ -22,13 +22,14 @@ import sqlite3
 import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from statistics import NormalDist
 from typing import Any, Literal
 
-from twinloop.config import CanaryConfig
-from twinloop.db import Database
-from twinloop.errors import InvalidInputError, TwinLoopError
+from twinloop.kernel.clock import now_iso
+from twinloop.kernel.config import CanaryConfig
+from twinloop.kernel.db import Database
+from twinloop.kernel.errors import InvalidInputError, TwinLoopError
+from twinloop.kernel.stats import percentile
 
 ARMS = ("active", "shadow")
 MODES = ("split", "mirror")
@@ -76,18 +77,6 @@ def assign_arm(user_id: str | None, salt: str, ratio: float) -> str:
 
 
 # -- per-arm statistics ------------------------------------------------------------------------
-
-
-def percentile(values: Sequence[float], q: float) -> float | None:
-    """Nearest-rank percentile (the smallest value with at least q % of values at or below it).
-
-    Nearest rank rather than interpolation so the reported p95 is a latency that a request
-    actually had. None for no values.
-    """
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
 
 
 @dataclass
@@ -440,9 +429,6 @@ CREATE INDEX IF NOT EXISTS canary_observations_canary ON canary_observations(can
 """
 
 
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
-
 
 @dataclass(frozen=True)
 class CanaryRun:
@@ -512,7 +498,7 @@ class CanaryStore:
             c.execute(
                 "INSERT INTO canaries(id, release_id, baseline_id, ratio, mode, salt, status, started_at, actor)"
                 " VALUES (?,?,?,?,?,?,'running',?,?)",
-                (cid, release_id, baseline_id, float(ratio), mode, salt, _now(), actor))
+                (cid, release_id, baseline_id, float(ratio), mode, salt, now_iso(), actor))
 
         try:
             if conn is not None:
@@ -566,7 +552,7 @@ class CanaryStore:
             inserted = conn.execute(
                 "INSERT INTO canary_observations(canary_id, arm, created_at, ok, latency_ms, toxic, request_id)"
                 " SELECT ?,?,?,?,?,?,? WHERE EXISTS (SELECT 1 FROM canaries WHERE id=? AND status='running')",
-                (canary_id, arm, _now(), int(ok), float(latency_ms), int(toxic), request_id, canary_id),
+                (canary_id, arm, now_iso(), int(ok), float(latency_ms), int(toxic), request_id, canary_id),
             ).rowcount
             if not inserted and conn.execute("SELECT 1 FROM canaries WHERE id=?", (canary_id,)).fetchone() is None:
                 raise UnknownCanaryError(f"unknown canary {canary_id!r}")
@@ -630,7 +616,7 @@ class CanaryStore:
             if row["status"] != "running":
                 raise InvalidInputError(f"canary {canary_id!r} is already {row['status']}, not running")
             c.execute("UPDATE canaries SET status=?, finished_at=?, finished_by=?, decision=? WHERE id=?",
-                      (status, _now(), actor, payload, canary_id))
+                      (status, now_iso(), actor, payload, canary_id))
 
         if conn is not None:
             update(conn)

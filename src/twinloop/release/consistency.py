@@ -13,7 +13,7 @@ Every invariant the release flow maintains, checked from what is on disk:
 
 from __future__ import annotations
 
-from twinloop.errors import IntegrityError
+from twinloop.kernel.errors import IntegrityError
 
 
 def check_consistency(registry, canaries=None) -> list[str]:

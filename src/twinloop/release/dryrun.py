@@ -15,8 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from twinloop.crashpoints import crash_point
-from twinloop.errors import InvalidInputError
+from twinloop.kernel.crashpoints import crash_point
+from twinloop.kernel.errors import InvalidInputError
 
 
 def resolve_candidate(registry, rid: str | None) -> str:

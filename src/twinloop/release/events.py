@@ -23,11 +23,11 @@ import json
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from typing import IO, Any
 
-from twinloop.db import Database
-from twinloop.errors import InvalidInputError
+from twinloop.kernel.clock import now_iso
+from twinloop.kernel.db import Database
+from twinloop.kernel.errors import InvalidInputError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events(
@@ -155,7 +155,7 @@ class EventStore:
                 payload: str) -> Event:
         head = conn.execute("SELECT seq, hash FROM event_head WHERE id=1").fetchone()
         seq, prev = (head[0] + 1, head[1]) if head else (1, GENESIS)
-        at = datetime.now(UTC).isoformat(timespec="microseconds")
+        at = now_iso()
         digest = event_hash(seq, at, action, actor, subject, reason, payload, prev)
         conn.execute("INSERT INTO events(seq, at, action, actor, subject, reason, data, prev_hash, hash)"
                      " VALUES (?,?,?,?,?,?,?,?,?)", (seq, at, action, actor, subject, reason, payload, prev, digest))

@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from twinloop.crashpoints import crash_point
-from twinloop.errors import InvalidInputError, TwinLoopError
+from twinloop.kernel.crashpoints import crash_point
+from twinloop.kernel.errors import InvalidInputError, TwinLoopError
 from twinloop.release.registry import Release, ReleaseRegistry
 
 

@@ -4,7 +4,7 @@ Issue 6 point 3, paper §5.1, DESIGN.md "Releasing". Before a candidate reaches 
 answers a held-out set T of cases, each with the answer content it must contain and the
 sources it must cite. Active answers the same cases in the same run, so the candidate is
 compared with what it would replace under the same load. Gates (paper App. A thresholds, from
-:class:`~twinloop.config.QaConfig`): pass rate, citation rate, toxicity, latency p95, error
+:class:`~twinloop.kernel.config.QaConfig`): pass rate, citation rate, toxicity, latency p95, error
 rate, and no domain answering fewer cases than under Active (the forgetting check). Any failed
 gate aborts the promotion.
 
@@ -24,15 +24,17 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import date
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from twinloop.config import QaConfig
-from twinloop.domains import DEFAULT_PACKS, DomainRegistry, load_pack
-from twinloop.errors import InvalidInputError, UnknownDomainError
-from twinloop.knowledge.document import normalise_text
+from twinloop.kernel.clock import now_iso
+from twinloop.kernel.config import QaConfig
+from twinloop.kernel.errors import InvalidInputError, UnknownDomainError
+from twinloop.kernel.stats import percentile
+from twinloop.kernel.text import normalise_text
+from twinloop.knowledge.domains import DEFAULT_PACKS, DomainRegistry, load_pack
 from twinloop.knowledge.sources.reading import parse_jsonl, read_text
 from twinloop.learning.filters import ToxicityFilter
 from twinloop.serving import verify
@@ -353,18 +355,6 @@ def _share(n: int, total: int) -> float:
     return round(n / total, 4) if total else 0.0
 
 
-def percentile(values: Sequence[float], q: float) -> float | None:
-    """The q-th percentile with linear interpolation between ranks (numpy's default);
-    None for no values."""
-    if not values:
-        return None
-    xs = sorted(values)
-    pos = (len(xs) - 1) * q / 100.0
-    lo = int(pos)
-    hi = min(lo + 1, len(xs) - 1)
-    return round(xs[lo] + (xs[hi] - xs[lo]) * (pos - lo), 3)
-
-
 # -- gates -----------------------------------------------------------------------------------
 
 
@@ -539,11 +529,8 @@ def build_report(candidate: RunSummary, baseline: RunSummary | None, cfg: QaConf
         passed=all(v.passed for v in verdicts), gates=verdicts, per_domain=per_domain,
         cases=list(candidate.results), baseline_cases=list(baseline.results) if baseline is not None else [],
         summary=candidate.figures(), baseline_summary=baseline.figures() if baseline is not None else None,
-        thresholds=cfg.model_dump(), started_at=started_at or _now(), seconds=round(seconds, 3))
+        thresholds=cfg.model_dump(), started_at=started_at or now_iso(), seconds=round(seconds, 3))
 
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 # -- isolation -------------------------------------------------------------------------------
@@ -642,7 +629,7 @@ def run_qa(
     _unique(list(cases), "cases")
     scorer = toxicity if isinstance(toxicity, ToxicityFilter) else ToxicityFilter(classifier=toxicity)
     isolated = dry_run_pipeline(pipeline)
-    started_at, t0 = _now(), time.perf_counter()
+    started_at, t0 = now_iso(), time.perf_counter()
     releases = [candidate] if baseline is None else [candidate, baseline]
     results: list[list[CaseResult]] = [[] for _ in releases]
     for i, case in enumerate(cases):

@@ -17,12 +17,12 @@ import hashlib
 import json
 import sqlite3
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
-from twinloop.crashpoints import crash_point
-from twinloop.db import Database
-from twinloop.errors import InvalidInputError
+from twinloop.kernel.clock import now_iso
+from twinloop.kernel.crashpoints import crash_point
+from twinloop.kernel.db import Database
+from twinloop.kernel.errors import InvalidInputError
 from twinloop.release.artifacts import ArtifactStore
 from twinloop.release.events import EventStore
 
@@ -77,9 +77,6 @@ lineage record whose adapters retention removed (never served again)."""
 REPORT_KINDS = ("qa", "canary")
 
 
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
-
 
 @dataclass(frozen=True)
 class Release:
@@ -133,7 +130,7 @@ class ReleaseRegistry:
             cur = conn.execute(
                 "INSERT OR IGNORE INTO releases(id, parent, created_at, status, adapters, index_revision,"
                 " router_json, lineage) VALUES (?,?,?,?,?,?,?,?)",
-                (rid, parent, _now(), status, json.dumps(adapters, sort_keys=True), index_revision, router_json,
+                (rid, parent, now_iso(), status, json.dumps(adapters, sort_keys=True), index_revision, router_json,
                  json.dumps(lineage, sort_keys=True, default=str)),
             )
             if cur.rowcount:
@@ -219,7 +216,7 @@ class ReleaseRegistry:
     def _add_report(self, conn: sqlite3.Connection, rid: str, kind: str, passed: bool, report: dict[str, Any],
                     status: str | None, event: str | None, actor: str, reason: str) -> None:
         conn.execute("INSERT INTO release_reports(release_id, kind, created_at, passed, report) VALUES (?,?,?,?,?)",
-                     (rid, kind, _now(), int(passed), json.dumps(report, sort_keys=True, default=str)))
+                     (rid, kind, now_iso(), int(passed), json.dumps(report, sort_keys=True, default=str)))
         if status is not None:
             self.set_status(rid, status, conn)
         crash_point(f"report.{kind}.in_transaction")
@@ -246,7 +243,7 @@ class ReleaseRegistry:
         self.get(rid)
         with self.db.transaction() as conn:
             cur = conn.execute("INSERT OR IGNORE INTO release_approvals(release_id, actor, at, note) VALUES (?,?,?,?)",
-                               (rid, actor, _now(), note))
+                               (rid, actor, now_iso(), note))
             if cur.rowcount:
                 self.events.append("release.approved", actor=actor, subject=rid, reason=note, conn=conn)
 
@@ -280,7 +277,7 @@ class ReleaseRegistry:
         with self.db.transaction() as conn:
             row = conn.execute("SELECT release_id FROM release_pointers WHERE name=?", (name,)).fetchone()
             previous = row[0] if row else None
-            now = _now()
+            now = now_iso()
             conn.execute("INSERT OR REPLACE INTO release_pointers(name, release_id, updated_at) VALUES (?,?,?)",
                          (name, rid, now))
             crash_point(f"pointer.{name}.in_transaction")

@@ -40,8 +40,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from twinloop.atomic import fsync_dir
-from twinloop.config import RetentionConfig
+from twinloop.kernel.atomic import fsync_dir
+from twinloop.kernel.config import RetentionConfig
 from twinloop.release.registry import ReleaseRegistry
 
 ORPHAN_GRACE = timedelta(hours=1)

@@ -19,14 +19,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-
-def p95(values: list[float]) -> float:
-    """The 95th percentile by the nearest-rank method (0 for no values)."""
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    rank = max(1, -(-95 * len(ordered) // 100))  # ceil(0.95 n)
-    return ordered[rank - 1]
+from twinloop.kernel.stats import p95
 
 
 @dataclass(frozen=True)
@@ -53,7 +46,7 @@ class LatencyWindow:
 
     def p95(self) -> float:
         with self._lock:
-            return p95(list(self._values))
+            return p95(list(self._values)) or 0.0
 
 
 class RollbackWatch:
@@ -92,7 +85,7 @@ class RollbackWatch:
             n = len(self._outcomes)
             errors = sum(1 for good, _ in self._outcomes if not good)
             rate = errors / n
-            lat = p95([ms for good, ms in self._outcomes if good])
+            lat = p95([ms for good, ms in self._outcomes if good]) or 0.0
             reason = None
             if rate > self.cfg.error_rate:
                 reason = f"error rate {rate:.0%} over the last {n} requests > {self.cfg.error_rate:.0%}"

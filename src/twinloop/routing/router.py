@@ -26,9 +26,9 @@ from functools import cached_property
 
 import numpy as np
 
-from twinloop.config import RouterConfig
-from twinloop.domains import FALLBACK_DOMAIN, DomainSpec
-from twinloop.errors import InvalidInputError
+from twinloop.kernel.config import RouterConfig
+from twinloop.kernel.errors import InvalidInputError
+from twinloop.knowledge.domains import FALLBACK_DOMAIN, DomainSpec
 
 TOP_PROTOTYPES = 3
 

@@ -35,11 +35,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from peft import LoraConfig, PeftModelForCausalLM, get_peft_model_state_dict, set_peft_model_state_dict
+from peft import (
+    LoraConfig,
+    PeftModelForCausalLM,
+    get_peft_model_state_dict,
+    set_peft_model_state_dict,
+)
 from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors.torch import load_file
 
-from twinloop.errors import InvalidInputError, ModelLoadError
+from twinloop.kernel.errors import InvalidInputError, ModelLoadError
 from twinloop.serving.types import BASE_ADAPTER
 
 log = logging.getLogger(__name__)

@@ -27,7 +27,7 @@ import threading
 import time
 from typing import Any
 
-from twinloop.crashpoints import crash_point
+from twinloop.kernel.crashpoints import crash_point
 from twinloop.release import promotion
 from twinloop.release.breaker import BreakerState, CircuitBreaker
 from twinloop.release.canary import CanaryStore, assign_arm, decide
@@ -340,7 +340,7 @@ class ReleaseControl:
     def stop_canary(self, *, actor: str) -> dict[str, Any]:
         run = self.canaries.current()
         if run is None:
-            from twinloop.errors import InvalidInputError
+            from twinloop.kernel.errors import InvalidInputError
 
             raise InvalidInputError("no canary is running")
         _, report = promotion.conclude_canary(self.registry, self.canaries, run, None, actor=actor, stopped=True)

@@ -25,9 +25,9 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
-from twinloop.config import ServingConfig
-from twinloop.errors import InvalidInputError, TwinLoopError
 from twinloop.foundation.model import left_pad
+from twinloop.kernel.config import ServingConfig
+from twinloop.kernel.errors import InvalidInputError, TwinLoopError
 from twinloop.serving.adapters import AdapterRegistry
 from twinloop.serving.types import BASE_ADAPTER, GenRequest, GenResult
 

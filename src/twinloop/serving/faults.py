@@ -14,7 +14,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 
-from twinloop.errors import InvalidInputError, TwinLoopError
+from twinloop.kernel.errors import InvalidInputError, TwinLoopError
 
 
 class InjectedFault(TwinLoopError):

@@ -16,14 +16,20 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import date
 
-from twinloop.config import ServingConfig
-from twinloop.domains import DomainRegistry
-from twinloop.errors import InvalidInputError
+from twinloop.kernel.config import ServingConfig
+from twinloop.kernel.errors import InvalidInputError
+from twinloop.knowledge.domains import DomainRegistry
 from twinloop.knowledge.retrieval import Hit, Retriever, parse_date
 from twinloop.serving import verify
 from twinloop.serving.release import ServingRelease
 from twinloop.serving.requestlog import RequestLog
-from twinloop.serving.types import AnswerRecord, Citation, GenRequest, GenResult, new_request_id
+from twinloop.serving.types import (
+    AnswerRecord,
+    Citation,
+    GenRequest,
+    GenResult,
+    new_request_id,
+)
 
 SYSTEM_PROMPT = (
     "You answer questions using only the numbered sources given with the question. After each "

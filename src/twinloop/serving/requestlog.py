@@ -12,12 +12,12 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
-from twinloop.db import Database
-from twinloop.errors import InvalidInputError, TwinLoopError
-from twinloop.learning.pii import PiiRedactor
+from twinloop.kernel.clock import now_iso
+from twinloop.kernel.db import Database
+from twinloop.kernel.errors import InvalidInputError, TwinLoopError
+from twinloop.kernel.pii import PiiRedactor
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS requests(
@@ -88,7 +88,7 @@ class RequestLog:
                answer: str | None = None, verified: bool | None = None, status: str | None = None,
                citations: list[dict[str, Any]] | None = None, latency_ms: float | None = None,
                error: str | None = None) -> None:
-        now = datetime.now(UTC).isoformat(timespec="milliseconds")
+        now = now_iso()
         with self.db.transaction() as conn:
             conn.execute(
                 "INSERT OR REPLACE INTO requests(request_id, created_at, kind, user_hash, session_id, release_id,"
@@ -116,7 +116,7 @@ class RequestLog:
         if correction is not None and len(correction) > MAX_CORRECTION_CHARS:
             raise InvalidInputError(f"correction is {len(correction)} characters, over {MAX_CORRECTION_CHARS}")
         correction = self._redact(correction)
-        now = datetime.now(UTC).isoformat(timespec="milliseconds")
+        now = now_iso()
         with self.db.transaction() as conn:
             if conn.execute("SELECT 1 FROM requests WHERE request_id=?", (request_id,)).fetchone() is None:
                 raise UnknownRequestError(f"unknown request_id {request_id!r}")

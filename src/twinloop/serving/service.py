@@ -17,13 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from twinloop import __version__
-from twinloop.errors import InvalidInputError, TwinLoopError
+from twinloop.kernel.errors import InvalidInputError, TwinLoopError
 from twinloop.knowledge.store import IngestReport
 from twinloop.learning.intake import FeedbackIntake
 from twinloop.runtime import Runtime
-from twinloop.serving.pipeline import AnswerPipeline, AnswerRequest
 from twinloop.serving.control import ReleaseControl
 from twinloop.serving.engine import QueueFullError
+from twinloop.serving.pipeline import AnswerPipeline, AnswerRequest
 from twinloop.serving.release import ServingRelease
 from twinloop.serving.requestlog import FeedbackRecord, RequestLog
 from twinloop.serving.types import AnswerRecord, Citation, GenRequest, new_request_id

@@ -15,12 +15,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from twinloop.errors import InvalidInputError
+from twinloop.kernel.errors import InvalidInputError
 from twinloop.knowledge.document import Document
 from twinloop.knowledge.sources.editions import load_law_editions
 from twinloop.knowledge.sources.gdpr import load_gdpr
 from twinloop.knowledge.sources.legalbench import load_rule_qa
-from twinloop.knowledge.sources.markdown import TEXT_SUFFIXES, load_markdown_file, load_markdown_folder
+from twinloop.knowledge.sources.markdown import (
+    TEXT_SUFFIXES,
+    load_markdown_file,
+    load_markdown_folder,
+)
 from twinloop.knowledge.sources.medquad import load_medquad, load_medquad_questions
 from twinloop.knowledge.sources.pubmedqa import load_pubmedqa, load_pubmedqa_questions
 from twinloop.knowledge.sources.qa import QAItem

@@ -22,7 +22,7 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
-from twinloop.errors import InvalidInputError
+from twinloop.kernel.errors import InvalidInputError
 from twinloop.knowledge.document import Document
 from twinloop.knowledge.sources.reading import field, read_json
 

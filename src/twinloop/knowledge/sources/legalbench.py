@@ -10,7 +10,7 @@ import csv
 import io
 from pathlib import Path
 
-from twinloop.errors import InvalidInputError
+from twinloop.kernel.errors import InvalidInputError
 from twinloop.knowledge.sources.qa import QAItem
 from twinloop.knowledge.sources.reading import read_text
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from twinloop.errors import InvalidInputError
+from twinloop.kernel.errors import InvalidInputError
 from twinloop.knowledge.document import MAX_DOCUMENT_CHARS, Document
 from twinloop.knowledge.sources.reading import read_text
 

@@ -12,7 +12,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from twinloop.errors import InvalidInputError
+from twinloop.kernel.errors import InvalidInputError
 from twinloop.knowledge.document import Document
 from twinloop.knowledge.sources.qa import QAItem
 from twinloop.knowledge.sources.reading import field, read_json

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from twinloop.errors import InvalidInputError
+from twinloop.kernel.errors import InvalidInputError
 
 
 def read_text(path: Path) -> str:

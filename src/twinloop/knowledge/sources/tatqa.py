@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from twinloop.errors import InvalidInputError
+from twinloop.kernel.errors import InvalidInputError
 from twinloop.knowledge.document import Document
 from twinloop.knowledge.sources.qa import QAItem
 from twinloop.knowledge.sources.reading import field, read_json

@@ -1,15 +1,15 @@
 """The continual-learning experiment on the real system (issue 7 point 2; paper §6).
 
 Domains arrive in sequence (law → med → fin, for several cycles); each (cycle, domain) step
-is a *task* bringing new facts the base cannot know (:mod:`twinloop.experiments.facts`).
-Every method (:mod:`twinloop.experiments.methods`) learns each task its own way; after each
+is a *task* bringing new facts the base cannot know (:mod:`twinloop.showcase.experiments.facts`).
+Every method (:mod:`twinloop.showcase.experiments.methods`) learns each task its own way; after each
 step the probes of *all tasks seen so far* are answered through the method's serving copy,
-which fills row i of the accuracy matrix ``R[i][j]`` (:mod:`twinloop.experiments.metrics`).
+which fills row i of the accuracy matrix ``R[i][j]`` (:mod:`twinloop.showcase.experiments.metrics`).
 
 Measured per step: the update's wall time, training time and CPU seconds (the Shadow worker's
 via ``getrusage(RUSAGE_CHILDREN)``, this process's for the in-place full fine-tune); the
 availability of the serving copy during the update (a load generator sends real requests,
-:mod:`twinloop.experiments.load`); answer latency at rest (the evaluation) and under the
+:mod:`twinloop.showcase.experiments.load`); answer latency at rest (the evaluation) and under the
 update (the load); for methods that refresh the index, the time from a document's ingest to
 the first answer that cites it.
 
@@ -36,21 +36,21 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Literal
 
-from twinloop.atomic import atomic_write_json
-from twinloop.config import Settings
-from twinloop.datadir import DataDir
-from twinloop.errors import InvalidInputError
-from twinloop.experiments import metrics
-from twinloop.experiments.facts import DOMAINS, Fact, Task, is_correct, tasks
-from twinloop.experiments.load import LoadGenerator
-from twinloop.experiments.methods import METHODS, Method, MethodParams
-from twinloop.release.qa import percentile
+from twinloop.kernel.atomic import atomic_write_json
+from twinloop.kernel.clock import now_iso
+from twinloop.kernel.config import Settings
+from twinloop.kernel.datadir import DataDir
+from twinloop.kernel.errors import InvalidInputError
+from twinloop.kernel.stats import percentile
 from twinloop.serving import verify
+from twinloop.showcase.experiments import metrics
+from twinloop.showcase.experiments.facts import DOMAINS, Fact, Task, is_correct, tasks
+from twinloop.showcase.experiments.load import LoadGenerator
+from twinloop.showcase.experiments.methods import METHODS, Method, MethodParams
 
 RESULTS_FILE = "results.json"
 Progress = Callable[[str], None]
@@ -70,7 +70,7 @@ class EvalConfig:
         cycles: How often the domain sequence repeats, each time with new facts.
         facts_per_step: New facts per (cycle, domain) task.
         probes_per_fact: Paraphrased probes asked per fact (at most 3).
-        methods: Method names (see :data:`~twinloop.experiments.methods.METHODS`).
+        methods: Method names (see :data:`~twinloop.showcase.experiments.methods.METHODS`).
         steps: Optimiser steps per update.
         lr: Adapter learning rate (the CPU recipe, ``benchmarks/training.py``).
         full_lr: Full fine-tune learning rate.
@@ -186,7 +186,7 @@ def run(config: EvalConfig, out_dir: str | Path, *, settings: Settings, progress
     git = git_state()  # the code that runs is the code at the start
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    started_at = datetime.now(UTC).isoformat(timespec="seconds")
+    started_at = now_iso()
     t0 = time.perf_counter()
     if config.foundation:
         doc = settings.model_dump(mode="json")
@@ -232,7 +232,7 @@ def run(config: EvalConfig, out_dir: str | Path, *, settings: Settings, progress
     doc = document(partial=False)
     atomic_write_json(out_dir / RESULTS_FILE, doc)
     if config.report:
-        from twinloop.experiments.report import write_report
+        from twinloop.showcase.experiments.report import write_report
 
         write_report(doc, out_dir)
     return doc
@@ -335,7 +335,7 @@ def select_real_cases(domains: tuple[str, ...], per_domain: int) -> list[dict[st
     Raises:
         InvalidInputError: A domain without enough such cases.
     """
-    from twinloop.domains import load_pack, pack_corpus
+    from twinloop.knowledge.domains import load_pack, pack_corpus
     from twinloop.release.qa import citation_matches, load_cases
 
     cases = load_cases(list(domains))

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from twinloop.errors import IntegrityError
+from twinloop.kernel.errors import IntegrityError
 
 BUSY_TIMEOUT_MS = 30_000
 """A writer waits this long for another's transaction (training may hold one for seconds)."""

@@ -211,7 +211,7 @@ def canary_status(json_out: JsonFlag = False) -> None:
 @canary_app.command("stop")
 def canary_stop(json_out: JsonFlag = False) -> None:
     """Stop the running canary without a decision (the candidate goes back to candidate)."""
-    from twinloop.errors import InvalidInputError
+    from twinloop.kernel.errors import InvalidInputError
     from twinloop.release import promotion
     from twinloop.release.canary import CanaryStore
 

@@ -20,8 +20,8 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
-from twinloop.config import Settings, load_settings
-from twinloop.errors import TwinLoopError
+from twinloop.kernel.config import Settings, load_settings
+from twinloop.kernel.errors import TwinLoopError
 
 app = typer.Typer(
     name="twinloop",
@@ -173,7 +173,7 @@ def demo(
     if basic:
         _basic_demo(json_out)
         return
-    from twinloop.casestudy import DEMO_OVERRIDES, run_case_study
+    from twinloop.showcase.casestudy import DEMO_OVERRIDES, run_case_study
 
     def narrate(step) -> None:
         if json_out:
@@ -217,7 +217,7 @@ def demo(
 
 
 def _basic_demo(json_out: bool) -> None:
-    from twinloop.demo import run_basic_demo
+    from twinloop.showcase.demo import run_basic_demo
 
     report = run_basic_demo(_runtime())
     if json_out:
@@ -244,7 +244,6 @@ def seed(
 ) -> None:
     """Load the default packs' seed corpora (real public data, see NOTICE) into the indexes."""
     from twinloop.knowledge.seed import seed_packs
-
     from twinloop.serving.control import cli_actor
     from twinloop.serving.service import audit_ingest
 
@@ -427,7 +426,13 @@ def train(
     json_out: JsonFlag = False,
 ) -> None:
     """Train Shadow on the new samples in a worker process; print the candidate release."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
 
     from twinloop.learning.jobs import TrainJobs
     from twinloop.learning.worker import start_training_job
@@ -503,7 +508,7 @@ def domain_add(
     """Add (or replace) a user domain; it routes and accepts documents at once."""
     import yaml
 
-    from twinloop.errors import InvalidInputError
+    from twinloop.kernel.errors import InvalidInputError
 
     try:
         data = yaml.safe_load(spec.read_text(encoding="utf-8"))
@@ -564,7 +569,7 @@ def bench(
 
     Exits with 1 when any program failed (the others still ran and are in the summary).
     """
-    from twinloop.bench import format_value, run_benchmarks
+    from twinloop.showcase.bench import format_value, run_benchmarks
 
     summary = run_benchmarks(only or (), quick=quick, out_dir=out_dir, progress=err.print)
     if json_out:
@@ -607,7 +612,7 @@ def eval_(
 
     Writes results.json (and, with --full, report.md with PNG plots) to the results folder.
     """
-    from twinloop.experiments.continual import full_config, quick_config, run
+    from twinloop.showcase.experiments.continual import full_config, quick_config, run
 
     overrides: dict[str, Any] = {}
     if seed is not None:
@@ -636,7 +641,7 @@ def eval_(
     out.print(table)
 
 # The release commands live in their own module (registered on ``app`` when imported).
-from twinloop import cli_release  # noqa: E402,F401
+from twinloop.cli import release  # noqa: E402,F401
 
 
 def main() -> None:

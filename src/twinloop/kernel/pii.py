@@ -35,7 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from twinloop.errors import ConfigError
+from twinloop.kernel.errors import ConfigError
 
 PLACEHOLDERS = ("EMAIL", "IBAN", "CARD", "SSN", "NATIONAL_ID", "PHONE")
 

@@ -1,6 +1,6 @@
 """The continual-learning report: Markdown with PNG plots, tables shaped like the paper's §6.2.
 
-:func:`write_report` turns the results document of :func:`twinloop.experiments.continual.run`
+:func:`write_report` turns the results document of :func:`twinloop.showcase.experiments.continual.run`
 into ``report.md`` plus four plots (matplotlib, Agg backend: no display needed):
 
 - ``learning_curves.png`` — accuracy per domain over the steps, one line per method (§6.2.3);
@@ -21,7 +21,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from twinloop.atomic import atomic_write_bytes
+from twinloop.kernel.atomic import atomic_write_bytes
 
 REPORT_FILE = "report.md"
 PLOTS = ("learning_curves.png", "forgetting.png", "latency.png", "accuracy_matrix.png")
@@ -173,7 +173,7 @@ def render_markdown(doc: dict[str, Any]) -> str:
 def _command(cfg: dict[str, Any]) -> str:
     if cfg["mode"] in ("quick", "full"):
         return f"`twinloop eval --{cfg['mode']}`"
-    return "`twinloop.experiments.continual.run` with a custom configuration (results.json has it)"
+    return "`twinloop.showcase.experiments.continual.run` with a custom configuration (results.json has it)"
 
 
 def _model_name(doc: dict[str, Any]) -> str:
@@ -190,7 +190,7 @@ def _setup_section(doc: dict[str, Any], n_tasks: int) -> str:
         "## Setup\n\n"
         f"- **Tasks**: {n_tasks} steps, {cfg['cycles']} cycle(s) of {' → '.join(cfg['domains'])}: {seq}. Each step "
         f"brings {cfg['facts_per_step']} new facts about made-up entities the base cannot know "
-        "(`src/twinloop/experiments/facts.py`), each arriving as a correction plus one paraphrased prompt; "
+        "(`src/twinloop/showcase/experiments/facts.py`), each arriving as a correction plus one paraphrased prompt; "
         f"each fact is probed with {cfg['probes_per_fact']} other paraphrases. An answer is right when it contains "
         "the fact's answer string (normalised).\n"
         "- **R[i][j]**: accuracy on task j's probes after step i, answered through each method's own running "

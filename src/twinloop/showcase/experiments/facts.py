@@ -28,8 +28,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from twinloop.errors import InvalidInputError
-from twinloop.knowledge.document import normalise_text
+from twinloop.kernel.errors import InvalidInputError
+from twinloop.kernel.text import normalise_text
 
 DOMAINS = ("law", "med", "fin")
 """Domains the fact set covers, in the experiment's default order (paper §6.1)."""

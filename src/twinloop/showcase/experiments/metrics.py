@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from twinloop.errors import InvalidInputError
+from twinloop.kernel.errors import InvalidInputError
 
 Matrix = Sequence[Sequence[float | None]]
 """``R[i][j]``: rows are training steps, columns tasks; ``None`` above the diagonal."""

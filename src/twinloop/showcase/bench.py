@@ -21,14 +21,14 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
 
-from twinloop.errors import ConfigError, InvalidInputError
+from twinloop.kernel.clock import now_iso
+from twinloop.kernel.errors import ConfigError, InvalidInputError
 
-# src/twinloop/bench.py → the checkout root, where benchmarks/ lives. An installed wheel has
+# src/twinloop/showcase/bench.py → the checkout root, where benchmarks/ lives. An installed wheel has
 # no benchmarks/ (they are programs, not package code), which run_benchmarks reports.
 REPO_ROOT = Path(__file__).resolve().parents[2]
 STDERR_TAIL_LINES = 20
@@ -264,7 +264,7 @@ def run_benchmarks(
     say = progress or (lambda _line: None)
 
     start = time.perf_counter()
-    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    created = now_iso()
     machine = machine_info()  # before the first program, so its load is other work's, not ours
     records: list[BenchRecord] = []
     for spec in chosen:

@@ -36,4 +36,4 @@ class DataDir:
     def database(self) -> Path:
         """The SQLite metadata database."""
         self.root.mkdir(parents=True, exist_ok=True)
-        return self.root / "twinloop.db"
+        return self.root / "twinloop.kernel.db"

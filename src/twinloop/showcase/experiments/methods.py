@@ -60,12 +60,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from twinloop.config import Settings, load_settings
-from twinloop.errors import TwinLoopError
-from twinloop.experiments.facts import Fact, Task
+from twinloop.kernel.config import Settings, load_settings
+from twinloop.kernel.errors import TwinLoopError
 from twinloop.runtime import Runtime
 from twinloop.serving.pipeline import GENERAL_SYSTEM_PROMPT, AnswerRequest
 from twinloop.serving.types import AnswerRecord
+from twinloop.showcase.experiments.facts import Fact, Task
 
 log = logging.getLogger(__name__)
 

@@ -11,15 +11,15 @@ from __future__ import annotations
 import gzip
 import json
 import re
-from datetime import UTC, datetime
 from importlib import resources
 from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from twinloop.db import Database
-from twinloop.errors import InvalidInputError, UnknownDomainError
+from twinloop.kernel.clock import now_iso
+from twinloop.kernel.db import Database
+from twinloop.kernel.errors import InvalidInputError, UnknownDomainError
 from twinloop.knowledge.document import Document
 
 DEFAULT_PACKS = ("law", "med", "fin", "general")
@@ -131,6 +131,6 @@ class DomainRegistry:
         with self.db.transaction() as conn:
             conn.execute(
                 "INSERT OR REPLACE INTO domains(name, spec, created_at) VALUES (?,?,?)",
-                (spec.name, spec.model_dump_json(), datetime.now(UTC).isoformat(timespec="seconds")),
+                (spec.name, spec.model_dump_json(), now_iso()),
             )
         return spec

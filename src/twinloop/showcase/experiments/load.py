@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from twinloop.errors import InvalidInputError
+from twinloop.kernel.errors import InvalidInputError
 
 FAILED_FINISH = ("timeout", "cancelled", "circuit_open")
 """Finish reasons of a record that was not a served answer."""

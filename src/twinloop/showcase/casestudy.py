@@ -28,16 +28,15 @@ import gzip
 import json
 import secrets
 import shutil
-import threading
 import time
 from collections.abc import Callable
-from datetime import date
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from datetime import date
 from pathlib import Path
 from typing import Any
 
-from twinloop.config import Settings, load_settings
+from twinloop.kernel.config import Settings, load_settings
 
 REGULATION = [  # made up, so the base model cannot know it (paper §6.3: "a new regulation");
     # published today: regulation() dates each article, so as-of retrieval finds it in force.
@@ -218,7 +217,7 @@ def run_case_study(base: Settings, on_step: StepCallback | None = None,
 
     from twinloop.api import create_app
     from twinloop.api.server import ServerThread
-    from twinloop.errors import TwinLoopError
+    from twinloop.kernel.errors import TwinLoopError
     from twinloop.release.dryrun import run_release_qa
     from twinloop.runtime import Runtime
     from twinloop.serving.service import Service

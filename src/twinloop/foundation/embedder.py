@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from twinloop.config import EmbedderConfig
-from twinloop.errors import ModelLoadError
 from twinloop.foundation.sources import minilm_dir
+from twinloop.kernel.config import EmbedderConfig
+from twinloop.kernel.errors import ModelLoadError
 
 
 class Embedder:
