@@ -1,5 +1,5 @@
-"""Benchmark: swap and rollback latency, and failed requests while swapping under load (issue 6
-point 10) — on the real model, its real adapters and a real server.
+"""Benchmark: swap and rollback latency, and failed requests while swapping under load (paper
+§5.3; docs/DESIGN.md "Releasing") — on the real model, its real adapters and a real server.
 
 1. Latency: ``--ops`` swaps and as many rollbacks between the base release and a candidate
    carrying a LoRA adapter (r=16 on q/v) per domain, both resident (as after a canary).

@@ -48,7 +48,7 @@ REPO = Path(__file__).resolve().parents[1]
 SOURCES = Path(__file__).resolve().parent / "pack_sources"
 DOMAINS = ("law", "med", "fin", "general")
 SEED = 3
-"""Sampling seed (issue 3); change it only together with the checked-in eval files."""
+"""Sampling seed; change it only together with the checked-in eval files."""
 GENERAL_URI = "urn:twinloop:general-seed:"
 
 # How many questions to sample from each real QA set. Router sets need >= 40 per domain;

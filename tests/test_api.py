@@ -1,7 +1,7 @@
-"""The HTTP API on a real server (uvicorn on a loopback port) with the tiny model (issue 4).
+"""The HTTP API on a real server (uvicorn on a loopback port) with the tiny model.
 
 Driven with httpx and the official ``openai`` client; nothing of ours is mocked. Case tables
-(STYLE.md §9): each route's 200, 401, 403, malformed JSON, schema, body-size and token-limit
+(a case table per concern): each route's 200, 401, 403, malformed JSON, schema, body-size and token-limit
 cases, with every error checked for OpenAI's shape.
 """
 
@@ -236,8 +236,9 @@ def test_feedback_stored_and_joined(api, answered):
     assert r.status_code == 201, r.text
     body = r.json()
     assert body["request_id"] == answered and body["score"] == -0.5 and body["id"] > 0
-    joined = [f for f in api.service.requestlog.feedback_joined() if f["id"] == body["id"]]
-    assert joined and joined[0]["query"] == "What is the right to erasure?"
+    assert body["status"] == "accepted"  # filtered at once: a training sample for Shadow
+    stored = [f for f in api.service.runtime.feedback.list() if f["id"] == body["id"]]
+    assert stored and stored[0]["query"] == "What is the right to erasure?"
 
 
 def test_ingest_report_and_answerable(api):

@@ -1,4 +1,4 @@
-"""End to end on the real default models (issue 4 "Done when").
+"""End to end on the real default models.
 
 A real server on a loopback port over the real SmolLM2-135M-Instruct and all-MiniLM-L6-v2:
 law documents go in through the API, questions come back with citations from the index (or

@@ -1,5 +1,5 @@
 """The narrated demo's plumbing end to end on the tiny model (every step, real server, real
-worker process); the real-model run is ``make demo`` (its figures are in the issue note)."""
+worker process); the real-model run is ``make demo``."""
 
 from __future__ import annotations
 

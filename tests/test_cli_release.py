@@ -60,7 +60,7 @@ def test_release_commands_end_to_end(world, tmp_path):  # noqa: F811
 def test_events_verify_catches_a_tampered_log(world):  # noqa: F811
     pass_gates(world["rt"], world["rid"])
     ok(twinloop(world, "swap", world["rid"]))
-    db = sqlite3.connect(world["data"] / "twinloop.kernel.db")
+    db = sqlite3.connect(world["data"] / "twinloop.db")
     db.execute("DROP TRIGGER events_no_update")  # what an attacker with file access can do
     db.execute("UPDATE events SET actor='someone-else' WHERE action='swap'")
     db.commit()

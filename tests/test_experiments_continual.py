@@ -1,8 +1,7 @@
-"""The continual-learning experiment (issue 7): plumbing on the tiny model, sanity on the real one.
+"""The continual-learning experiment (paper §6): plumbing on the tiny model, sanity on the real one.
 
 The real-model test runs ``twinloop eval --quick`` as a user would and checks ranges and
-orderings that must hold whatever the exact numbers (issue 7: "results checked for sanity,
-not exact numbers").
+orderings that must hold whatever the exact numbers: sanity, not exact figures.
 """
 
 from __future__ import annotations

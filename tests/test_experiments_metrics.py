@@ -1,16 +1,19 @@
-"""GEM metrics on hand-computed matrices, and the sanity of the generated fact set (issue 7)."""
+"""GEM metrics on hand-computed matrices, and the sanity of the fact set and its loader (paper §6.1–6.2)."""
 
 from __future__ import annotations
 
 import pytest
+import yaml
 
 from twinloop.kernel.errors import InvalidInputError
 from twinloop.showcase.experiments import metrics
 from twinloop.showcase.experiments.facts import (
     DOMAINS,
     FACTS,
+    SOURCE,
     facts_of,
     is_correct,
+    load_facts,
     tasks,
 )
 
@@ -109,6 +112,59 @@ def test_fact_is_consistent(fact):
         assert not is_correct(probe, fact)
     assert fact.prompt != fact.alt_prompt
     assert not is_correct(fact.prompt, fact) and not is_correct(fact.alt_prompt, fact)
+
+
+_DROP = object()
+"""A ``_fact_file`` change that removes the field."""
+
+
+def _fact_file(**change) -> str:
+    """A small valid fact file as YAML, with ``change`` applied (dotted keys reach into facts[0])."""
+    fact = {"id": "law-x", "domain": "law", "title": "X Act", "prompt": "How long under the X Act?",
+            "alt_prompt": "What does the X Act say?", "target": "Under the X Act, 5 days.",
+            "document": "X Act (2031): 5 days.", "probes": ["What period does the X Act set?"],
+            "answers": ["5 days"]}
+    doc = {"source": "test facts", "domains": ["law"], "facts": [fact]}
+    for key, value in change.items():
+        target, name = (fact, key[len("fact."):]) if key.startswith("fact.") else (doc, key)
+        if value is _DROP:
+            del target[name]
+        else:
+            target[name] = value
+    return yaml.safe_dump(doc, sort_keys=False)
+
+
+def test_the_packaged_fact_file_loads_with_its_source():
+    assert SOURCE and DOMAINS == ("law", "med", "fin") and len(FACTS) == 27
+    loaded = load_facts(_fact_file())
+    assert loaded.domains == ("law",) and loaded.source == "test facts"
+    assert loaded.facts[0].probes == ("What period does the X Act set?",) and loaded.facts[0].uri.endswith(":law-x")
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"fact.answers": [48]}, r"^test\.yaml: facts\[0\]\.answers\[0\] = 48: must be a non-empty string"),
+    ({"fact.probes": []}, r"facts\[0\]\.probes = \[\]: must be a non-empty list"),
+    ({"fact.target": " "}, r"facts\[0\]\.target = ' ': must be a non-empty string"),
+    ({"fact.document": _DROP}, r"facts\[0\]\.document: missing"),
+    ({"fact.colour": "red"}, r"^test\.yaml: facts\[0\]\.colour: unknown field"),
+    ({"fact.domain": "art"}, r"facts\[0\]\.domain = 'art': not one of domains"),
+    ({"domains": ["law", "med"]}, r"domains: 'med' has no facts"),
+    ({"domains": ["law", "law"]}, r"domains = \['law', 'law'\]: repeated domain"),
+    ({"source": None}, r"source = None"),
+    ({"facts": _DROP}, r"^test\.yaml: facts: missing$"),
+])
+def test_a_bad_fact_file_names_the_bad_field(change, message):
+    with pytest.raises(InvalidInputError, match=message):
+        load_facts(_fact_file(**change), "test.yaml")
+
+
+def test_a_fact_file_with_a_repeated_id_or_bad_yaml_is_refused():
+    doc = yaml.safe_load(_fact_file())
+    doc["facts"].append(dict(doc["facts"][0]))
+    with pytest.raises(InvalidInputError, match=r"facts\[1\]\.id = 'law-x': repeated id"):
+        load_facts(yaml.safe_dump(doc))
+    with pytest.raises(InvalidInputError, match="not valid YAML"):
+        load_facts("facts: [unclosed")
 
 
 def test_probe_texts_are_unique_across_facts():

@@ -1,4 +1,4 @@
-"""Elastic Weight Consolidation on adapter parameters (paper §4.3, issue 5 points 3 and 6)."""
+"""Elastic Weight Consolidation on adapter parameters (paper §4.3)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Learning filters, quarantine and intake (issue 5 point 1, paper §4.6): PII never reaches
+"""Learning filters, quarantine and intake (paper §4.6): PII never reaches
 storage, injection and toxic items are quarantined with their reason, duplicates are dropped,
 schema errors are caught, and accepted + quarantined rows are written atomically."""
 
@@ -345,15 +345,5 @@ def test_from_feedback(row, expected, skipped):
         assert s.meta["feedback_id"] == 1 and s.score == row["score"]
 
 
-def test_from_requestlog_end_to_end(intake, db):
-    from twinloop.serving.requestlog import RequestLog
-
-    log = RequestLog(db)
-    log.record(request_id="r1", kind="answer", query="Deadline? Mail me at ann@example.org", release_id="base",
-               domains=["law"], answer="Two months.")
-    log.add_feedback("r1", -1, "One month (Art. 12(3) GDPR).")
-    report, skipped = intake.submit_feedback(log.feedback_joined())
-    assert skipped == {} and len(report.accepted) == 1
-    (row,) = list_samples(db)
-    assert row["prompt"] == "Deadline? Mail me at [EMAIL]" and row["source"] == "correction"
+def test_from_no_feedback():
     assert samples_from_feedback([]).samples == ()

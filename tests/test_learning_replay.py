@@ -1,4 +1,4 @@
-"""Prioritised replay buffers (paper §4.4, issue 5 point 2)."""
+"""Prioritised replay buffers (paper §4.4)."""
 
 from __future__ import annotations
 

@@ -15,7 +15,6 @@ from twinloop.kernel.config import load_settings
 from twinloop.learning.intake import FeedbackIntake, list_samples
 from twinloop.learning.jobs import TrainJobs
 from twinloop.learning.sample import Sample
-from twinloop.learning.shadow import tmp_root
 from twinloop.learning.worker import start_training_job
 from twinloop.release.artifacts import ArtifactStore
 from twinloop.release.registry import ReleaseRegistry
@@ -59,7 +58,7 @@ def registry(rt: Runtime) -> ReleaseRegistry:
 
 def test_job_trains_candidate_and_moves_only_shadow(runtime):
     jobs = TrainJobs(runtime.db)
-    jid = start_training_job(runtime, seed=3)
+    jid = start_training_job(runtime.settings, runtime.db, runtime.domains.names(), seed=3)
     job = wait(jobs, jid, done)
     assert job["status"] == "succeeded", job["error"]
     reg = registry(runtime)
@@ -74,13 +73,13 @@ def test_job_trains_candidate_and_moves_only_shadow(runtime):
     assert (folder / "adapter_model.safetensors").exists() and (folder / "ewc.safetensors").exists()
     assert [r["status"] for r in list_samples(runtime.db)] == ["used"] * 3
     assert job["progress"]["step"] == 3 and job["pid"]
-    assert not any(tmp_root(runtime).iterdir())
+    assert not any(runtime.data_dir.shadow_tmp.iterdir())
 
 
 def test_sigkill_mid_training_leaves_state_intact_and_next_run_is_clean(runtime):
     jobs = TrainJobs(runtime.db)
     reg = registry(runtime)
-    jid = start_training_job(runtime, steps=100_000, seed=1)
+    jid = start_training_job(runtime.settings, runtime.db, runtime.domains.names(), steps=100_000, seed=1)
     job = wait(jobs, jid, lambda j: j["progress"].get("step", 0) >= 1 or done(j))
     assert job["status"] == "running", job["error"]
     os.kill(job["pid"], signal.SIGKILL)
@@ -89,12 +88,12 @@ def test_sigkill_mid_training_leaves_state_intact_and_next_run_is_clean(runtime)
     assert [r["status"] for r in list_samples(runtime.db)] == ["new"] * 3
     assert jobs.reap_stale() == [jid]
     assert jobs.get(jid)["status"] == "failed" and "died" in jobs.get(jid)["error"]
-    assert any(tmp_root(runtime).iterdir())  # the killed run's folder is still there...
+    assert any(runtime.data_dir.shadow_tmp.iterdir())  # the killed run's folder is still there...
 
-    jid2 = start_training_job(runtime, domains=["law"])
+    jid2 = start_training_job(runtime.settings, runtime.db, runtime.domains.names(), domains=["law"])
     job2 = wait(jobs, jid2, done)
     assert job2["status"] == "succeeded", job2["error"]
-    assert not any(tmp_root(runtime).iterdir())  # ...and the next run removed it
+    assert not any(runtime.data_dir.shadow_tmp.iterdir())  # ...and the next run removed it
     assert reg.pointer("shadow") == job2["result"]["release_id"] and reg.pointer("active") is None
     assert [r["status"] for r in list_samples(runtime.db, "law")] == ["used"] * 2
     assert [r["status"] for r in list_samples(runtime.db, "fin")] == ["new"]
@@ -102,7 +101,7 @@ def test_sigkill_mid_training_leaves_state_intact_and_next_run_is_clean(runtime)
 
 def test_sigterm_cancels(runtime):
     jobs = TrainJobs(runtime.db)
-    jid = start_training_job(runtime, steps=100_000)
+    jid = start_training_job(runtime.settings, runtime.db, runtime.domains.names(), steps=100_000)
     job = wait(jobs, jid, lambda j: j["progress"].get("step", 0) >= 1 or done(j))
     os.kill(job["pid"], signal.SIGTERM)
     job = wait(jobs, jid, done)

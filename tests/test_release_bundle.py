@@ -1,4 +1,4 @@
-"""Release bundles: export, verified import, refusal of corrupt or hostile files (issue 6 point 1)."""
+"""Release bundles: export, verified import, refusal of corrupt or hostile files."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Canary assignment, statistics, decision and persistence (paper §5.2, issue 6 point 4)."""
+"""Canary assignment and persistence (``release.canary``), statistics and decision
+(``release.canary_stats``); paper §5.2."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import pytest
 from twinloop.kernel.config import CanaryConfig
 from twinloop.kernel.db import Database
 from twinloop.kernel.errors import InvalidInputError
+from twinloop.knowledge.domains import DomainRegistry
+from twinloop.learning.feedback import FeedbackDesk
 from twinloop.release.canary import (
     ArmStats,
     CanaryDecision,
@@ -18,9 +21,10 @@ from twinloop.release.canary import (
     UnknownCanaryError,
     assign_arm,
     decide,
+)
+from twinloop.release.canary_stats import (
     mann_whitney_p,
     newcombe_diff_bound,
-    percentile,
     welch_p,
     wilson_interval,
 )
@@ -124,13 +128,6 @@ def test_welch():
     assert welch_p([-1.0, -1.0], [1.0, 1.0]) == 0.0, "no spread, lower mean"
     with pytest.raises(ValueError, match="at least 2"):
         welch_p([1.0], [1.0, 2.0])
-
-
-def test_percentile_is_nearest_rank():
-    values = [float(v) for v in range(1, 101)]
-    assert percentile(values, 95) == 95.0
-    assert percentile([7.0], 95) == 7.0
-    assert percentile([], 95) is None
 
 
 # -- decide ------------------------------------------------------------------------------------
@@ -302,15 +299,22 @@ def test_record_validates(store, args, error, match):
         store.record(**kw)
 
 
+def feedback_desk(db: Database, log: RequestLog):
+    """Submits feedback as the API does: the rated request read back from the request log."""
+    desk = FeedbackDesk(db, DomainRegistry(db))
+    return lambda rid, score: desk.submit(rid, score, request=log.get(rid))
+
+
 def test_feedback_joined_by_request_id(store):
     log = RequestLog(store.db, salt="x")
+    add_feedback = feedback_desk(store.db, log)
     run = start(store)
     scores = {"r-a1": 1.0, "r-a2": 0.5, "r-s1": -1.0}
     for rid in [*scores, "r-s2"]:
         log.record(request_id=rid, kind="answer", query="q?", release_id="rel", domains=["law"])
     for rid, score in scores.items():
-        log.add_feedback(rid, score)
-    log.add_feedback("r-s1", 0.0)  # a second click on one answer: the latest counts, once
+        add_feedback(rid, score)
+    add_feedback("r-s1", 0.0)  # a second click on one answer: the latest counts, once
     for rid in ("r-a1", "r-a2"):
         store.record(run.id, "active", ok=True, latency_ms=10.0, toxic=False, request_id=rid)
     for rid in ("r-s1", "r-s2"):
@@ -324,7 +328,7 @@ def test_mirror_mode_gives_shadow_no_feedback(store):
     log = RequestLog(store.db, salt="x")
     run = start(store, mode="mirror")
     log.record(request_id="r1", kind="answer", query="q?", release_id="rel", domains=["law"])
-    log.add_feedback("r1", 1.0)
+    feedback_desk(store.db, log)("r1", 1.0)
     for a in ("active", "shadow"):  # even if the same id is passed for both arms
         store.record(run.id, a, ok=True, latency_ms=10.0, toxic=False, request_id="r1")
     active, shadow = store.stats(run.id)

@@ -1,5 +1,5 @@
 """SIGKILL at each step of the release flow — training, QA, canary, swap, rollback — leaves a
-consistent registry, and a restarted server serves the last committed Active release (issue 6).
+consistent registry, and a restarted server serves the last committed Active release (docs/DESIGN.md "State").
 
 Each case runs a real ``twinloop`` process (CLI, training worker or server) with
 ``TWINLOOP_CRASH_AT`` naming the point where it kills itself with SIGKILL

@@ -1,4 +1,4 @@
-"""The audit log: append-only, hash-chained, tamper-evident, exportable (issue 6 point 2)."""
+"""The audit log: append-only, hash-chained, tamper-evident, exportable (docs/DESIGN.md "State")."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The release flow end to end on the tiny model, through a real server and real clients:
 QA blocks, canary aborts, swap under load, automatic rollback, breaker fallback, approval,
-restart on the committed release, CLI changes followed by a running server (issue 6)."""
+restart on the committed release, CLI changes followed by a running server (docs/DESIGN.md "Releasing")."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from twinloop.release.canary import CanaryStore, assign_arm
 from twinloop.release.consistency import check_consistency
 from twinloop.release.promotion import GateError
 from twinloop.runtime import Runtime
+from twinloop.serving.control import scratch_promoter
 from twinloop.serving.faults import Fault
 from twinloop.serving.pipeline import AnswerRequest
 from twinloop.serving.service import Service
@@ -315,12 +316,14 @@ def test_cli_style_registry_moves_reach_a_running_server(server, tmp_path):
     rid = make_candidate(rt, tmp_path)
     pass_gates(rt, rid)
     other = Runtime(rt.settings)  # another process's view of the same data directory
-    promotion.swap(other.releases, other.domains, rid, other.settings.release, actor="cli:test")
+    promoter = scratch_promoter(other.settings, other.releases, other.domains, lambda: other.foundation,
+                                lambda: other.embedder)  # what the CLI uses
+    promoter.swap(rid, actor="cli:test")
     deadline = time.time() + 5
     while server.http.get("/v1/health").json()["release"] != rid and time.time() < deadline:
         time.sleep(0.02)
     assert server.ask("x").json()["release_id"] == rid
-    promotion.rollback(other.releases, actor="cli:test")
+    promoter.rollback(actor="cli:test")
     deadline = time.time() + 5
     while server.http.get("/v1/health").json()["release"] != base and time.time() < deadline:
         time.sleep(0.02)
@@ -370,7 +373,7 @@ def test_gate_error_names_every_problem(tmp_path):
     rt = Runtime(tiny_settings(tmp_path / "data"))
     rid = make_candidate(rt, tmp_path, domain="law")
     with pytest.raises(GateError) as e:
-        promotion.swap(rt.releases, rt.domains, rid, rt.settings.release, actor="t")
+        promotion.commit_swap(rt.releases, rt.domains, rid, rt.settings.release, actor="t")
     msg = str(e.value)
     assert "no QA dry-run" in msg and "no canary" in msg and "approval" in msg
 

@@ -1,68 +1,62 @@
-"""The QA dry run (issue 6 point 3, paper §5.1): cases, isolation, gates, forgetting, errors.
+"""QA cases, judging, gates and the report (paper §5.1; ``twinloop.release.qa``).
 
-Runs on the tiny random model with the real embedder; a scripted engine stands in where a
-test needs to control what is answered (the tiny model writes noise). One test runs packaged
-cases through the real default models.
+Pure functions over cases and finished results: no model, no serving stack. Answering the
+cases on an isolated engine is tested in ``test_serving_dryrun.py``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from importlib import resources
 
 import pytest
 
-from twinloop.api.metrics import ApiMetrics, EngineObserver
-from twinloop.kernel.config import QaConfig, Settings, load_settings
+from twinloop.kernel.config import QaConfig, load_settings
 from twinloop.kernel.errors import InvalidInputError, UnknownDomainError
+from twinloop.kernel.toxicity import ToxicityScorer
 from twinloop.knowledge.domains import DEFAULT_PACKS, load_pack, pack_corpus
 from twinloop.release.qa import (
+    ANSWER_CHARS,
     DEFAULT_GATES,
     CaseResult,
-    DryRunLog,
     QaCase,
     RunSummary,
     build_report,
     citation_matches,
     content_ok,
+    error_result,
     load_cases,
-    run_qa,
+    score_answer,
 )
-from twinloop.runtime import Runtime
-from twinloop.serving.engine import GenerationEngine
-from twinloop.serving.release import ServingRelease
-from twinloop.serving.service import Service
-from twinloop.serving.types import Citation, GenResult
 
 GOOD = {"id": "c1", "domain": "law", "query": "How long may a controller take?", "expected": ["one month"],
         "citations": ["http://data.europa.eu/eli/reg/2016/679/oj#art_12-3"]}
-# Cases of the tiny-model tests and a verbatim sentence of each one's source: an answer the
-# verifier supports with that source, so it is cited and contains the expected phrase.
-SCRIPT = {
-    "law-gdpr-12-3-response-time": "The controller shall provide information on action taken on a request under "
-    "Articles 15 to 22 to the data subject without undue delay and in any event within one month of receipt "
-    "of the request.",
-    "law-gdpr-38-3-dpo-reporting": "The data protection officer shall directly report to the highest management "
-    "level of the controller or the processor.",
-    "med-whipworm-name": "Whipworm (Trichuris trichiura) is an intestinal parasite of humans.",
-    "med-lung-cancer-cause": "Cigarette smoking is the number one cause of lung cancer.",
-}
-WRONG = "I do not know."
 
 
-def citation(uri: str | None, label: str) -> Citation:
-    return Citation(n=1, domain="law", source=None, code=None, article=None, part=None, clause=None,
-                    edition_date=None, uri=uri, label=label, quote="", score=1.0, chunk_id=1)
+@dataclass(frozen=True)
+class Cite:
+    """A citation as the judge reads it (serving's ``Citation`` has these fields and more)."""
+
+    uri: str | None
+    label: str | None
 
 
-def db_state(db) -> tuple[dict[str, int], str]:
-    """Row count of every table and a digest of the whole database's content."""
-    conn = db.conn
-    tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table' ORDER BY name")]
-    counts = {t: conn.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0] for t in tables}
-    return counts, hashlib.sha256("\n".join(conn.iterdump()).encode()).hexdigest()
+@dataclass(frozen=True)
+class Answer:
+    """An answer record as the judge reads it (``JudgedAnswer``)."""
+
+    text: str
+    citations: tuple[Cite, ...] = ()
+    finish_reason: str = "stop"
+    release_id: str = "rel_c"
+    verified: bool | None = True
+    status: str | None = "verified"
+    domains: tuple[str, ...] = ("law",)
+
+
+def citation(uri: str | None, label: str) -> Cite:
+    return Cite(uri, label)
 
 
 # -- case files ------------------------------------------------------------------------------
@@ -184,6 +178,47 @@ def test_citation_reference_matching(ref, ok):
     assert citation_matches("#art_35-1", citation("http://x/oj#art_35-10", "GDPR Art. 35(10)")) is False
 
 
+CASE = QaCase(id="c1", domain="law", query="How long?", expected=("one month",), citations=("#art_12-3",))
+ART_12_3 = Cite("http://data.europa.eu/eli/reg/2016/679/oj#art_12-3", "GDPR Art. 12(3)")
+
+
+def test_score_answer_reads_any_record_with_the_judged_fields():
+    result = score_answer(CASE, Answer("Within one month of receipt.", (ART_12_3,)), 12.3456, ToxicityScorer())
+    assert result.passed and result.content_ok and result.citations_ok and result.cited is True
+    assert (result.release_id, result.latency_ms, result.routed) == ("rel_c", 12.346, ("law",))
+    assert result.citations == (ART_12_3.uri,) and result.verified and result.status == "verified"
+    assert not result.toxic and result.error is None
+    uncited = score_answer(CASE, Answer("Within one month.", (Cite(None, "GDPR Art. 13"),)), 1.0, ToxicityScorer())
+    assert uncited.content_ok and not uncited.citations_ok and not uncited.passed
+    assert uncited.cited is True and uncited.citations == ("GDPR Art. 13",), "cited something, not the source"
+
+
+def test_score_answer_judges_the_model_text_without_the_notice():
+    notice = "UNVERIFIED: check this."
+    record = Answer(f"{notice}\n\nWithin one month.", (), verified=False, status="unverified")
+    stripped = score_answer(CASE, record, 1.0, ToxicityScorer(), notices=("other", notice))
+    assert stripped.answer == "Within one month." and stripped.status == "unverified"
+    kept = score_answer(CASE, record, 1.0, ToxicityScorer())
+    assert kept.answer.startswith(notice)
+    long = score_answer(CASE, Answer("x" * 1000), 1.0, ToxicityScorer())
+    assert len(long.answer) == ANSWER_CHARS and long.answer.endswith("…")
+
+
+def test_cut_off_answer_and_failed_answer_are_errors():
+    cut = score_answer(CASE, Answer("Within one month", (ART_12_3,), finish_reason="timeout"), 1.0, ToxicityScorer())
+    assert cut.error == "generation ended early (finish_reason='timeout')" and not cut.passed and cut.cited is False
+    failed = error_result(CASE, "rel_c", 2.0, "RuntimeError: boom")
+    assert (failed.passed, failed.cited, failed.toxic, failed.error) == (False, False, False, "RuntimeError: boom")
+    no_cite = replace(CASE, needs_citation=False)
+    assert error_result(no_cite, "rel_c", 2.0, "x").cited is None
+
+
+def test_toxic_answer_uses_the_scorers_threshold():
+    scorer = ToxicityScorer(classifier=lambda text: 0.6)
+    assert score_answer(CASE, Answer("fine"), 1.0, scorer).toxic
+    assert not score_answer(CASE, Answer("fine"), 1.0, ToxicityScorer(0.7, classifier=lambda text: 0.6)).toxic
+
+
 def test_config_keeps_the_papers_name_factuality(tmp_path):
     assert QaConfig(factuality=0.5).citation_rate == 0.5
     path = tmp_path / "twinloop.yaml"
@@ -264,208 +299,17 @@ def test_latency_limit_is_the_larger_of_paper_and_factor_times_active():
     assert gate["latency_p95"].threshold == 500.0
 
 
+def test_latency_percentiles_are_nearest_rank():
+    """p50 and p95 are latencies some case really had (kernel.stats.percentile), not interpolated."""
+    summary = results("c", latency_ms=100.0)  # 100, 101, ..., 109 ms
+    assert (summary.latency_p50_ms, summary.latency_p95_ms) == (104.0, 109.0)
+    errors = results("c", errors=10)
+    assert errors.latency_p50_ms is None and errors.latency_p95_ms is None, "failed cases are not timed"
+
+
 def test_citation_rate_is_vacuous_without_cases_needing_one():
     summary = results("c")
     summary = RunSummary("c", tuple(replace(r, cited=None) for r in summary.results))
     report = build_report(summary, None, QaConfig())
     gate = next(g for g in report.gates if g.name == "citation_rate")
     assert gate.passed and gate.value is None
-
-
-# -- runs on the tiny model ------------------------------------------------------------------
-
-
-@pytest.fixture
-def served(tiny_runtime):
-    """A tiny-model service seeded with the sources of the SCRIPT cases, its engine started,
-    and metrics attached as the HTTP app attaches them."""
-    rt = tiny_runtime
-    wanted = {c.source for c in load_cases(["law", "med"]) if c.id in SCRIPT}
-    for domain in ("law", "med"):
-        docs = [d for d in pack_corpus(load_pack(domain)) if d.uri in wanted]
-        rt.knowledge.ingest(domain, docs)
-    service = Service(rt)
-    metrics = ApiMetrics()
-    service.engine.add_observer(EngineObserver(metrics))
-    service.start()
-    yield service, metrics
-    service.stop()
-
-
-@pytest.fixture
-def qa_engine(served):
-    """The dry run's own engine: same (tiny) model, no observers."""
-    service, _ = served
-    engine = GenerationEngine(service.runtime.foundation, service.adapters, service.settings.serving).start()
-    yield engine
-    engine.stop(drain=False, timeout=10)
-
-
-@pytest.fixture
-def cases():
-    return [c for c in load_cases(["law", "med"]) if c.id in SCRIPT]
-
-
-class _Done:
-    def __init__(self, result: GenResult | None, error: Exception | None = None) -> None:
-        self._result, self._error = result, error
-
-    def result(self, timeout: float | None = None) -> GenResult:
-        if self._error is not None:
-            raise self._error
-        return self._result
-
-
-class ScriptedEngine:
-    """Answers each case with its SCRIPT sentence; ``wrong`` adapters answer WRONG, ``failing``
-    case queries fail in generation, ``finish`` overrides the finish reason."""
-
-    def __init__(self, cases: list[QaCase], wrong: tuple[str, ...] = (), failing: tuple[str, ...] = (),
-                 finish: str = "stop") -> None:
-        self.by_query = {c.query: c.id for c in cases}
-        self.wrong, self.failing, self.finish = wrong, failing, finish
-        self.adapters_seen: list[str] = []
-
-    def submit(self, gen) -> _Done:
-        self.adapters_seen.append(gen.adapter)
-        prompt = gen.messages[-1]["content"]
-        case_id = next(cid for q, cid in self.by_query.items() if q in prompt)
-        if case_id in self.failing:
-            return _Done(None, RuntimeError("generate failed: out of memory"))
-        text = WRONG if gen.adapter in self.wrong else SCRIPT[case_id]
-        return _Done(GenResult(gen.request_id, text, 10, 5, self.finish, 0.0, 0.001, 1, gen.adapter))
-
-
-def test_dry_run_writes_nothing_and_touches_no_metrics(served, qa_engine, cases):
-    service, metrics = served
-    before, metrics_before = db_state(service.runtime.db), metrics.render()
-    stats_before = service.engine.stats()["requests"]
-    done = []
-    report = run_qa(cases, pipeline=service.pipeline, engine=qa_engine, candidate=service.active,
-                    baseline=service.active, cfg=QaConfig(), route=False, max_tokens=8,
-                    progress=lambda i, n: done.append((i, n)))
-    assert done == [(i, len(cases)) for i in range(1, len(cases) + 1)]
-    assert len(report.cases) == len(report.baseline_cases) == len(cases)
-    assert all(c.error is None and c.latency_ms > 0 for c in report.cases + report.baseline_cases)
-    assert db_state(service.runtime.db) == before
-    assert metrics.render() == metrics_before and service.engine.stats()["requests"] == stats_before
-    # The same pipeline used for serving does log (so the check above can see a write).
-    from twinloop.serving.pipeline import AnswerRequest
-
-    service.answer(AnswerRequest(query="hello", max_tokens=4))
-    assert db_state(service.runtime.db)[0]["requests"] == before[0]["requests"] + 1
-
-
-def test_scripted_answers_pass_with_their_citations(served, cases):
-    service, _ = served
-    report = run_qa(cases, pipeline=service.pipeline, engine=ScriptedEngine(cases), candidate=service.active,
-                    cfg=QaConfig(), route=False)
-    assert [c.passed for c in report.cases] == [True] * len(cases), [c.to_dict() for c in report.cases]
-    assert report.summary["citation_rate"] == 1.0 and report.passed, report.failures()
-    law = next(c for c in report.cases if c.case_id == "law-gdpr-38-3-dpo-reporting")
-    assert law.citations == ("http://data.europa.eu/eli/reg/2016/679/oj#art_38-3",) and law.verified
-    assert report.baseline_id is None and report.baseline_cases == []
-
-
-def test_candidate_worse_on_one_domain_fails_the_forgetting_check(served, cases):
-    service, _ = served
-    active = service.active
-    candidate = ServingRelease(id="rel_cand", router=active.router, adapters={"law": "law@rel_cand"})
-    engine = ScriptedEngine(cases, wrong=("law@rel_cand",))
-    report = run_qa(cases, pipeline=service.pipeline, engine=engine, candidate=candidate, baseline=active,
-                    cfg=QaConfig(pass_rate=0.5), route=False)
-    assert "law@rel_cand" in engine.adapters_seen and "__base__" in engine.adapters_seen
-    assert not report.passed
-    assert [f.split(":")[0] for f in report.failures()] == ["citation_rate", "forgetting"]
-    assert "law pass rate 0.000 < Active's 1.000" in report.failures()[1]
-    assert report.per_domain["law"]["pass_rate"] == 0.0 and report.per_domain["law"]["baseline_pass_rate"] == 1.0
-    assert report.per_domain["med"]["pass_rate"] == 1.0 == report.per_domain["med"]["baseline_pass_rate"]
-    assert (report.release_id, report.baseline_id) == ("rel_cand", active.id)
-
-
-def test_engine_error_is_counted_not_raised(served, cases):
-    service, _ = served
-    engine = ScriptedEngine(cases, failing=("med-whipworm-name",))
-    report = run_qa(cases, pipeline=service.pipeline, engine=engine, candidate=service.active, cfg=QaConfig(),
-                    route=False)
-    failed = next(c for c in report.cases if c.case_id == "med-whipworm-name")
-    assert failed.error == "RuntimeError: generate failed: out of memory" and not failed.passed
-    assert report.summary["error_rate"] == 0.25 and "error_rate" in {f.split(":")[0] for f in report.failures()}
-
-
-def test_unloaded_adapter_and_cut_off_answers_are_errors(served, qa_engine, cases):
-    service, _ = served
-    ghost = ServingRelease(id="rel_ghost", router=service.active.router,
-                           adapters={"law": "law@rel_ghost", "med": "med@rel_ghost"})
-    report = run_qa(cases, pipeline=service.pipeline, engine=qa_engine, candidate=ghost, cfg=QaConfig(),
-                    route=False, max_tokens=4)
-    assert report.summary["error_rate"] == 1.0 and not report.passed
-    assert all("adapter 'law@rel_ghost' is not loaded" in c.error or "med@rel_ghost" in c.error
-               for c in report.cases)
-    timed_out = run_qa(cases, pipeline=service.pipeline, engine=ScriptedEngine(cases, finish="timeout"),
-                       candidate=service.active, cfg=QaConfig(), route=False)
-    assert all("finish_reason='timeout'" in c.error for c in timed_out.cases)
-
-
-def test_run_refuses_empty_or_duplicate_cases(served, cases):
-    service, _ = served
-    kw = dict(pipeline=service.pipeline, engine=ScriptedEngine(cases), candidate=service.active, cfg=QaConfig())
-    with pytest.raises(InvalidInputError, match="no QA cases"):
-        run_qa([], **kw)
-    with pytest.raises(InvalidInputError, match="appears twice"):
-        run_qa([cases[0], cases[0]], **kw)
-
-
-def test_dry_run_log_keeps_records_in_memory_only():
-    log = DryRunLog()
-    log.record(request_id="req_1", kind="answer", query="q", release_id="base", domains=["law"])
-    assert log.get("req_1")["query"] == "q" and len(log.records) == 1 and not hasattr(log, "db")
-    with pytest.raises(InvalidInputError, match="takes no feedback"):
-        log.add_feedback("req_1", 1.0)
-    assert log.feedback_joined() == []
-    bounded = DryRunLog(max_records=2)
-    for i in range(3):
-        bounded.record(request_id=f"req_{i}", kind="answer", query="q", release_id="base", domains=[])
-    assert [r["request_id"] for r in bounded.records] == ["req_1", "req_2"] and bounded.get("req_0") is None
-    with pytest.raises(InvalidInputError, match="max_records = 0"):
-        DryRunLog(max_records=0)
-
-
-def test_toxic_answers_are_counted(served, cases):
-    service, _ = served
-    report = run_qa(cases, pipeline=service.pipeline, engine=ScriptedEngine(cases), candidate=service.active,
-                    cfg=QaConfig(), route=False, toxicity=lambda text: 0.9 if "smoking" in text else 0.0)
-    assert [c.case_id for c in report.cases if c.toxic] == ["med-lung-cancer-cause"]
-    assert report.summary["toxicity"] == 0.25 and "toxicity" in {f.split(":")[0] for f in report.failures()}
-
-
-# -- the real default models -----------------------------------------------------------------
-
-
-@pytest.mark.real
-def test_real_base_release_dry_run_is_well_formed(real_runtime, tmp_path):
-    from twinloop.serving.adapters import AdapterRegistry
-    from twinloop.serving.pipeline import AnswerPipeline
-    from twinloop.serving.requestlog import RequestLog
-
-    # Own database and index, the session's models (loading them again would take a minute).
-    rt = Runtime(Settings(data_dir=tmp_path / "data"))
-    rt.__dict__.update(foundation=real_runtime.foundation, embedder=real_runtime.embedder)
-    picked = [c for d in DEFAULT_PACKS for c in load_cases([d])[:2]]
-    for domain in ("law", "med", "fin"):
-        sources = {c.source for c in picked if c.domain == domain}
-        rt.knowledge.ingest(domain, [d for d in pack_corpus(load_pack(domain)) if d.uri in sources])
-    pipeline = AnswerPipeline(rt.retriever, rt.domains, RequestLog(rt.db), rt.settings.serving)
-    base = ServingRelease(id="base", router=rt.router)
-    before = db_state(rt.db)
-    with GenerationEngine(rt.foundation, AdapterRegistry(rt.foundation), rt.settings.serving) as engine:
-        report = run_qa(picked, pipeline=pipeline, engine=engine, candidate=base, cfg=rt.settings.qa, max_tokens=64)
-    assert db_state(rt.db) == before
-    doc = json.loads(json.dumps(report.to_dict()))
-    assert doc["release_id"] == "base" and doc["baseline_id"] is None
-    assert {g["name"] for g in doc["gates"]} == {g.name for g in DEFAULT_GATES}
-    assert set(doc["per_domain"]) == set(DEFAULT_PACKS) and len(doc["cases"]) == len(picked)
-    assert all(c["latency_ms"] > 0 and c["error"] is None and c["answer"] for c in doc["cases"])
-    assert 0 < report.latency_p50_ms <= report.latency_p95_ms
-    print(f"real base release: pass rate {report.summary['pass_rate']:.2f}, citation rate "
-          f"{report.summary['citation_rate']}, p95 {report.latency_p95_ms:.0f} ms; failures {report.failures()}")

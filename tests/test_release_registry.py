@@ -69,7 +69,7 @@ def test_candidate_needs_verified_adapters(tmp_path):
         reg.create_candidate(None, {"law": "0" * 64}, 1, "{}", {})
 
 
-# -- metadata, pointers and lineage (issue 6 points 1, 5, 6, 8) --------------------------------
+# -- metadata, pointers and lineage ----------------------------------------------------------
 
 
 @pytest.fixture

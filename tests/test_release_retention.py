@@ -1,5 +1,5 @@
 """Snapshot retention: protected releases survive, the count and age caps, lineage kept,
-unreferenced adapters collected (issue 6 point 1; paper App. A)."""
+unreferenced adapters collected (paper App. A)."""
 
 from __future__ import annotations
 

@@ -338,7 +338,7 @@ def test_cancel_running_and_queued(make_engine, hooks, registry):
     "kwargs, message",
     [
         ({"n": 0}, "max_new_tokens"),
-        ({"n": 65}, "between 1 and 64"),
+        ({"n": 65}, "over this server.s limit of 64"),
         ({"temperature": -0.1}, "temperature"),
         ({"temperature": 1.0, "top_p": 0.0}, "top_p"),
         ({"timeout_s": 0.0}, "timeout_s"),

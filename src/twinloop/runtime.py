@@ -1,7 +1,11 @@
-"""The loaded pieces of one TwinLoop process: settings, data directory, base model, embedder.
+"""The composition root of one TwinLoop process: settings, data directory, base model,
+embedder, stores — each built once, on first use.
 
-Models load lazily, on first use, so commands that need neither (``validate-config``) stay
-instant, and each process holds one copy of each (DESIGN.md "Foundation").
+Only entry points use it (the API server, the CLI, the Shadow worker's ``main``, the
+showcase, and the serving facade that a server builds from it); everything below them gets
+its dependencies passed explicitly (docs/DESIGN.md "Map"). Models load lazily, so commands
+that need neither (``validate-config``) stay instant, and each process holds one copy of
+each (docs/DESIGN.md "Foundation"), and one release registry.
 """
 
 from __future__ import annotations
@@ -83,6 +87,13 @@ class Runtime:
         from twinloop.release.registry import ReleaseRegistry
 
         return ReleaseRegistry(self.db, self.artifacts, self.events)
+
+    @cached_property
+    def feedback(self):
+        """Feedback intake of the learning loop (stored once, filtered into samples)."""
+        from twinloop.learning.feedback import FeedbackDesk
+
+        return FeedbackDesk(self.db, self.domains, events=self.events)
 
     @cached_property
     def router(self):

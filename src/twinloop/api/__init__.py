@@ -1,4 +1,4 @@
-"""The HTTP API: native routes, OpenAI-compatible routes, keys, limits, metrics (issue 4)."""
+"""The HTTP API: native routes, OpenAI-compatible routes, keys, limits, metrics."""
 
 from twinloop.api.app import create_app
 

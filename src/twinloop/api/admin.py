@@ -1,4 +1,4 @@
-"""The release admin API (issue 6 point 9): QA, canary, swap, rollback, releases, approvals,
+"""The release admin API (paper §5; docs/DESIGN.md "Releasing"): QA, canary, swap, rollback, releases, approvals,
 audit events, faults, retention. Every route needs the admin role and only calls the
 library (``serving/control.py``, ``release/*``); the actor of every action is the caller's
 key id, written to the audit log.
@@ -24,7 +24,7 @@ from twinloop.api.schemas import (
     RollbackBody,
     SwapBody,
 )
-from twinloop.release.dryrun import resolve_candidate
+from twinloop.serving.dryrun import resolve_candidate
 from twinloop.serving.faults import Fault
 from twinloop.serving.service import Service
 
@@ -79,11 +79,9 @@ def release_detail(rid: str, svc: Service = Depends(service),
 @router.post("/releases/{rid}/approve", summary="Approve a release for domains that require it")
 def approve(rid: str, body: ApproveBody, svc: Service = Depends(service),
             who: Principal = Depends(require("admin"))) -> dict[str, Any]:
-    reg = svc.runtime.releases
-    if not reg.exists(rid):
+    if not svc.control.registry.exists(rid):
         raise ApiError(404, f"unknown release {rid!r}", code="unknown_release", param="rid")
-    reg.approve(rid, actor(who), body.note)
-    return {"release": rid, "approvals": reg.approvals(rid)}
+    return svc.control.promoter.approve(rid, actor=actor(who), note=body.note)
 
 
 @router.post("/qa", summary="QA dry-run of a candidate against Active (blocking; isolated copy)")
@@ -91,15 +89,21 @@ def qa(body: QaBody, svc: Service = Depends(service), who: Principal = Depends(r
     """Loads a separate copy of the base model (so serving, metrics and the request log are not
     touched), answers the held-out cases with the candidate and Active, stores the report
     with the release. 409 while another QA runs here."""
-    from twinloop.release.dryrun import run_release_qa
-    from twinloop.runtime import Runtime
+    from twinloop.foundation import load_foundation
+    from twinloop.serving.dryrun import run_release_qa
 
     if not _qa_lock.acquire(blocking=False):
         raise ApiError(409, "a QA dry-run is already running on this server", code="qa_running")
     try:
-        rid = resolve_candidate(svc.runtime.releases, body.release)
-        isolated = Runtime(svc.settings)
-        return run_release_qa(isolated, rid, actor=actor(who), max_tokens=body.max_tokens)
+        rt = svc.runtime
+        rid = resolve_candidate(rt.releases, body.release)
+        # Its own copy of the base: the run loads adapters onto it, never onto the serving model.
+        # Stores (registry, index, domains) are the process's own, read here and written once.
+        isolated_base = load_foundation(rt.settings.foundation, rt.data_dir)
+        return run_release_qa(rid, registry=rt.releases, foundation=isolated_base, embedder=rt.embedder,
+                              retriever=rt.retriever, domains=rt.domains, router_json=rt.router.spec.to_json(),
+                              index_revision=rt.knowledge.current_revision(), settings=rt.settings,
+                              actor=actor(who), max_tokens=body.max_tokens)
     finally:
         _qa_lock.release()
 
@@ -107,8 +111,8 @@ def qa(body: QaBody, svc: Service = Depends(service), who: Principal = Depends(r
 @router.post("/canary", status_code=201, summary="Start a canary of a candidate")
 def canary_start(body: CanaryBody, svc: Service = Depends(service),
                  who: Principal = Depends(require("admin"))) -> dict[str, Any]:
-    rid = resolve_candidate(svc.runtime.releases, body.release)
-    run = svc.control.start_canary(rid, actor=actor(who), ratio=body.ratio, mode=body.mode, reason=body.reason)
+    run = svc.control.start_canary(body.release, actor=actor(who), ratio=body.ratio, mode=body.mode,
+                                   reason=body.reason)
     return run.to_dict()
 
 
@@ -125,8 +129,7 @@ def canary_stop(svc: Service = Depends(service), who: Principal = Depends(requir
 @router.post("/swap", summary="Promote a release to Active (gates checked)")
 async def swap(body: SwapBody, svc: Service = Depends(service),
                who: Principal = Depends(require("admin"))) -> dict[str, Any]:
-    rid = await run_in_threadpool(resolve_candidate, svc.runtime.releases, body.release)
-    return await run_in_threadpool(lambda: svc.control.swap(rid, actor=actor(who), reason=body.reason,
+    return await run_in_threadpool(lambda: svc.control.swap(body.release, actor=actor(who), reason=body.reason,
                                                             force=body.force))
 
 

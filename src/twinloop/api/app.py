@@ -1,4 +1,4 @@
-"""The FastAPI app of one serving process (issue 4 points 5–7).
+"""The FastAPI app of one serving process.
 
 ``create_app`` wires the pieces: keys and rate limits (``auth``, ``ratelimit``, ``deps``),
 errors in OpenAI's shape (``errors``), request ids, access log and body limit
@@ -40,7 +40,7 @@ swap, rollback, releases, approvals, audit events, faults, retention). Errors us
 
 def audit_auth_failure(metrics: ApiMetrics, events, failure: AuthFailure) -> None:
     """Every refused request passes here once: count it, log it and write it to the audit log
-    (issue 6 point 2) — with the key's hash prefix only, never the key."""
+    — with the key's hash prefix only, never the key."""
     metrics.auth_failures.labels(reason=failure.reason).inc()
     log.warning("auth failure", extra={"request_id": failure.request_id, "reason": failure.reason,
                                        "route": failure.route, "key": failure.key_id, "required": failure.required})
@@ -75,6 +75,11 @@ def create_app(service: Service, settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await run_in_threadpool(service.start)
+        # Feedback a crash left between "stored" and "filtered" is picked up again here (and
+        # before every training job), so accepted feedback is never silently left untrained.
+        recovered = await run_in_threadpool(service.runtime.feedback.process_pending)
+        if any(recovered.values()):
+            log.info("pending feedback processed at start", extra=recovered)
         log.info("serving", extra={"release": service.active.id, "version": __version__})
         try:
             yield

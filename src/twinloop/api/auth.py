@@ -1,4 +1,4 @@
-"""API keys with roles (issue 4 point 6).
+"""API keys with roles.
 
 Three roles, each including the one below it: ``reader`` (answer, generate, chat, models,
 info, metrics), ``operator`` (+ feedback, ingest) and ``admin`` (everything, including adapters
@@ -47,7 +47,7 @@ def is_loopback(host: str) -> bool:
 
 
 def check_bind(config: ApiConfig, host: str | None = None) -> None:
-    """Refuse to serve a non-loopback address without API keys (issue 4 point 6).
+    """Refuse to serve a non-loopback address without API keys.
 
     Raises:
         ConfigError: ``host`` is not loopback and no key is configured.

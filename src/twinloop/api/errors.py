@@ -1,4 +1,4 @@
-"""Errors in OpenAI's shape, with the right status (issue 4 point 6, STYLE.md §6).
+"""Errors in OpenAI's shape, with the right status.
 
 Every error body is ``{"error": {"message", "type", "param", "code"}}`` (what the ``openai``
 client parses) plus ``request_id``. Status codes live only here:
@@ -40,8 +40,13 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from twinloop.api.auth import AuthError
-from twinloop.kernel.errors import InvalidInputError, TwinLoopError, UnknownDomainError
-from twinloop.serving.requestlog import UnknownRequestError
+from twinloop.kernel.errors import (
+    InvalidInputError,
+    TwinLoopError,
+    UnknownDomainError,
+    UnknownRequestError,
+)
+from twinloop.serving.types import MaxTokensError
 
 log = logging.getLogger("twinloop.api")
 
@@ -110,7 +115,7 @@ def to_api_error(exc: BaseException) -> ApiError | None:
         return ApiError(503, "the generation engine is stopping; retry shortly", code="engine_stopped",
                         headers=retry_after(ENGINE_STOPPED_RETRY_S))
     from twinloop.release.canary import CanaryRunningError
-    from twinloop.release.promotion import GateError
+    from twinloop.release.promotion import GateError, ReleaseLoadError
     from twinloop.serving.faults import InjectedFault
     from twinloop.serving.service import BreakerOpenError
 
@@ -120,12 +125,16 @@ def to_api_error(exc: BaseException) -> ApiError | None:
         return ApiError(503, str(exc), code="injected_fault")
     if isinstance(exc, GateError):
         return ApiError(409, str(exc), code="gate_failed")
+    if isinstance(exc, ReleaseLoadError):
+        return ApiError(409, str(exc), code="release_unloadable")
     if isinstance(exc, CanaryRunningError):
         return ApiError(409, str(exc), code="canary_running")
     if isinstance(exc, UnknownDomainError):
         return ApiError(422, str(exc), code="unknown_domain", param="domain")
     if isinstance(exc, UnknownRequestError):
         return ApiError(404, str(exc), code="unknown_request", param="request_id")
+    if isinstance(exc, MaxTokensError):
+        return ApiError(422, str(exc), code="max_tokens_exceeded", param="max_tokens")
     if isinstance(exc, InvalidInputError):
         return ApiError(422, str(exc), code="invalid_input")
     return None  # other library errors (integrity, model load) are server faults: a 500

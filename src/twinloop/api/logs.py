@@ -1,4 +1,4 @@
-"""Structured logs: one JSON object per line on stderr (issue 4 point 7).
+"""Structured logs: one JSON object per line on stderr.
 
 The access log carries request id, route template, status, latency, release, domain and the
 caller's key hash prefix, and never request or answer text, user ids or keys: those stay in
@@ -35,7 +35,7 @@ class JsonFormatter(logging.Formatter):
                 out[key] = value
         if record.exc_info and record.exc_info[0] is not None:
             out["exc_type"] = record.exc_info[0].__name__
-            # Server-side only: the client gets a request id, never this (issue 4 point 6).
+            # Server-side only: the client gets a request id, never this.
             out["traceback"] = "".join(traceback.format_exception(*record.exc_info))
         return json.dumps(out, default=str, ensure_ascii=False)
 

@@ -1,4 +1,4 @@
-"""Prometheus metrics of one app (issue 4 point 7).
+"""Prometheus metrics of one app.
 
 Every app gets its own :class:`~prometheus_client.CollectorRegistry`, so tests and benchmarks
 can build several apps in one process without "duplicated timeseries" errors. Label values

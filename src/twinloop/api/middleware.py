@@ -80,7 +80,7 @@ class RequestContextMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         except Exception:
-            # Logged here with the traceback; the client sees only the request id (issue 4 pt 6).
+            # Logged here with the traceback; the client sees only the request id.
             log.exception("unhandled error", extra={"request_id": rid, "route": _route(scope)})
             state["error_code"] = "internal_error"
             self.metrics.errors.labels(type="internal_error").inc()
@@ -112,7 +112,7 @@ def _route(scope: Scope) -> str:
 
 
 class BodyLimitMiddleware:
-    """Refuses bodies over ``max_bytes`` with 413 before anything parses them (issue 4 pt 6).
+    """Refuses bodies over ``max_bytes`` with 413 before anything parses them.
 
     A declared ``Content-Length`` over the limit is refused without reading; a chunked body
     (no length) is read up to the limit and refused as soon as it passes it. Bodies within

@@ -1,4 +1,4 @@
-"""OpenAI-compatible ``/v1/chat/completions`` and ``/v1/models`` (issue 4 point 5).
+"""OpenAI-compatible ``/v1/chat/completions`` and ``/v1/models``.
 
 The official ``openai`` client works unchanged against ``base_url=http://host:port/v1``,
 streaming included. Model ids: ``twinloop`` runs the routed answer pipeline on the last user

@@ -1,4 +1,4 @@
-"""Per-caller rate limits: a token bucket per API key (issue 4 point 6).
+"""Per-caller rate limits: a token bucket per API key.
 
 A bucket holds up to ``per_minute`` tokens and refills at ``per_minute / 60`` tokens per
 second, so a caller may burst up to its minute's allowance and then sustain the rate. The

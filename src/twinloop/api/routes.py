@@ -1,6 +1,6 @@
-"""The native routes (issue 4 point 5): translate HTTP to :class:`Service` calls, nothing more.
+"""The native routes: translate HTTP to :class:`Service` calls, nothing more.
 
-Roles (issue 4 point 6): ``reader`` answers, generates, reads info and metrics; ``operator``
+Roles: ``reader`` answers, generates, reads info and metrics; ``operator``
 also gives feedback and ingests; ``admin`` also manages adapters. Health needs no key.
 """
 
@@ -35,6 +35,7 @@ from twinloop.learning.jobs import JobRunningError, TrainJobs, UnknownJobError
 from twinloop.serving.pipeline import AnswerRequest
 from twinloop.serving.service import Service
 from twinloop.serving.types import GenResult, new_request_id
+from twinloop.serving.types import check_max_tokens as serving_check_max_tokens
 
 router = APIRouter(route_class=GuardedRoute)
 
@@ -52,11 +53,9 @@ def record_id(request: Request) -> str:
 
 
 def check_max_tokens(value: int | None, svc: Service) -> None:
-    """Refuse a ``max_tokens`` over ``ServingConfig.max_new_tokens_limit`` (issue 4 point 6)."""
-    limit = svc.settings.serving.max_new_tokens_limit
-    if value is not None and value > limit:
-        raise ApiError(422, f"max_tokens = {value}: over this server's limit of {limit}", code="max_tokens_exceeded",
-                       param="max_tokens")
+    """Refuse a bad ``max_tokens`` before a stream starts (the serving check, run early)."""
+    if value is not None:
+        serving_check_max_tokens(value, svc.settings.serving.max_new_tokens_limit)
 
 
 def answer_request(body: AnswerBody, request: Request) -> AnswerRequest:
@@ -164,8 +163,11 @@ async def generate(body: GenerateBody, request: Request, svc: Service = Depends(
              summary="Rate an answer (stored with the request it refers to)")
 def feedback(body: FeedbackBody, svc: Service = Depends(service),
              who: Principal = Depends(require("operator"))) -> Any:
-    """Store feedback joined to the request log; 404 if ``request_id`` was never answered here."""
-    return asdict(svc.feedback(body.request_id, body.score, body.correction, actor=who.key_id))
+    """Store feedback with a snapshot of the request it rates, then filter it into a training
+    sample or the quarantine; 404 if ``request_id`` was never answered here."""
+    record = svc.runtime.feedback.submit(body.request_id, body.score, body.correction, who.key_id,
+                                         request=svc.requestlog.get(body.request_id))
+    return asdict(record)
 
 
 @router.post("/v1/ingest", tags=["learning"], response_model=IngestReport,
@@ -231,7 +233,9 @@ def train_start(body: TrainBody, svc: Service = Depends(service),
     from twinloop.learning.worker import start_training_job
 
     try:
-        jid = start_training_job(svc.runtime, body.domains, body.steps, body.lr, body.seed)
+        rt = svc.runtime
+        jid = start_training_job(rt.settings, rt.db, rt.domains.names(), feedback=rt.feedback, domains=body.domains,
+                                 steps=body.steps, lr=body.lr, seed=body.seed)
     except JobRunningError as e:
         raise ApiError(409, str(e), code="training_in_progress") from e
     return {"job_id": jid, "status": "queued"}

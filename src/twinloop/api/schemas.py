@@ -1,4 +1,4 @@
-"""Request and response bodies of the native routes (issue 4 point 5).
+"""Request and response bodies of the native routes.
 
 Unknown fields are refused (a typo such as ``max_token`` must not be silently ignored); the
 OpenAI-compatible bodies in ``openai_compat.py`` are lenient instead, as clients send fields
@@ -61,6 +61,8 @@ class FeedbackResult(BaseModel):
     score: float
     correction: str | None
     created_at: str
+    status: str = Field(description="accepted (a training sample), quarantined (a filter refused it), "
+                                    "not_trainable (a rating with nothing to imitate) or new (not filtered yet).")
 
 
 class IngestBody(_Body):

@@ -1,5 +1,5 @@
-"""The release commands of ``twinloop`` (issue 6 point 9): QA, canary, swap, rollback,
-releases, status, approvals, audit events, retention, bundles.
+"""Release commands: QA, canary, swap, rollback, releases, status, approvals, the audit log,
+retention and bundles (paper §5.2; docs/DESIGN.md "Releasing").
 
 They act on the data directory's registry directly, each change one transaction with its
 audit event; a server running on the same data directory follows the Active pointer and
@@ -14,10 +14,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
-from twinloop.cli import JsonFlag, _emit_json, _kv_table, _runtime, app, err, out
-from twinloop.serving.control import cli_actor
+from twinloop.cli.app import app, cli_actor, runtime
+from twinloop.cli.output import JsonFlag, emit, err, kv_table, out, table
 
 canary_app = typer.Typer(help="Canary deployment of a candidate (paper §5.2).", no_args_is_help=True)
 app.add_typer(canary_app, name="canary")
@@ -37,16 +36,13 @@ def releases(
     json_out: JsonFlag = False,
 ) -> None:
     """List releases with their status and gate results, or show one with lineage and reports."""
-    reg = _runtime().releases
+    reg = runtime().releases
     if release:
         rel = reg.get(release)
         doc = {**rel.to_dict(), "ancestors": [r.id for r in reg.ancestors(release)],
                "children": [r.id for r in reg.children(release)], "approvals": reg.approvals(release),
                "reports": reg.reports(release)}
-        if json_out:
-            _emit_json(doc)
-            return
-        out.print(_kv_table(f"Release {release}", {
+        emit(doc, json_out, lambda doc: kv_table(f"Release {release}", {
             "status": rel.status, "parent": _short(rel.parent), "created": rel.created_at,
             "adapters": ", ".join(f"{d}={g[:12]}" for d, g in sorted(rel.adapters.items())) or "none (base)",
             "index revision": rel.index_revision, "ancestors": " ← ".join(doc["ancestors"]) or "-",
@@ -58,21 +54,21 @@ def releases(
         return
     rows = reg.list(limit)
     active, shadow = reg.pointer("active"), reg.pointer("shadow")
-    if json_out:
-        _emit_json({"active": active, "shadow": shadow, "items": [r.to_dict() for r in rows]})
-        return
-    table = Table(title=f"Releases ({len(rows)} shown)", title_justify="left")
-    for col in ("id", "", "status", "parent", "created", "domains", "qa", "canary"):
-        table.add_column(col, overflow="fold")
-    for r in rows:
-        mark = "ACTIVE" if r.id == active else ("shadow" if r.id == shadow else "")
-        gates = []
-        for kind in ("qa", "canary"):
-            rep = reg.latest_report(r.id, kind)
-            gates.append("-" if rep is None else ("passed" if rep["passed"] else "failed"))
-        table.add_row(r.id, mark, r.status, _short(r.parent), r.created_at[:19], ", ".join(sorted(r.adapters)) or "-",
+
+    def render(_doc):
+        t = table(f"Releases ({len(rows)} shown)",
+                  ("id", "", "status", "parent", "created", "domains", "qa", "canary"), overflow="fold")
+        for r in rows:
+            mark = "ACTIVE" if r.id == active else ("shadow" if r.id == shadow else "")
+            gates = []
+            for kind in ("qa", "canary"):
+                rep = reg.latest_report(r.id, kind)
+                gates.append("-" if rep is None else ("passed" if rep["passed"] else "failed"))
+            t.add_row(r.id, mark, r.status, _short(r.parent), r.created_at[:19], ", ".join(sorted(r.adapters)) or "-",
                       *gates)
-    out.print(table)
+        return t
+
+    emit({"active": active, "shadow": shadow, "items": [r.to_dict() for r in rows]}, json_out, render)
 
 
 @app.command()
@@ -82,7 +78,7 @@ def status(json_out: JsonFlag = False) -> None:
     from twinloop.release.canary import CanaryStore
     from twinloop.release.consistency import check_consistency
 
-    rt = _runtime()
+    rt = runtime()
     reg = rt.releases
     store = CanaryStore(rt.db)
     run = store.current()
@@ -93,22 +89,15 @@ def status(json_out: JsonFlag = False) -> None:
         "canary": run.to_dict() if run else None, "moves": reg.history("active", 5),
         "events": check.events, "audit_log_ok": check.ok, "consistent": not problems, "problems": problems,
     }
-    if json_out:
-        _emit_json(doc)
-    else:
-        _print_status(doc, run, check, problems)
-    if problems:
-        raise typer.Exit(1)
-
-
-def _print_status(doc: dict[str, Any], run, check, problems: list[str]) -> None:
-    out.print(_kv_table("TwinLoop release status", {
+    emit(doc, json_out, lambda doc: kv_table("TwinLoop release status", {
         "active": _short(doc["active"]), "shadow": _short(doc["shadow"]), "rollback target": _short(doc["previous"]),
         "canary": f"{run.release_id} ({run.mode}, {run.ratio:.0%}) since {run.started_at}" if run else "none",
         "audit log": f"{check.events} events, chain {'intact' if check.ok else 'BROKEN: ' + check.problems[0]}",
         "last moves": "; ".join(f"{m['at'][:19]} → {m['release_id']} by {m['actor']}" for m in doc["moves"]) or "-",
         "registry": "consistent" if not problems else "INCONSISTENT: " + "; ".join(problems),
     }))
+    if problems:
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -121,23 +110,26 @@ def qa(
 ) -> None:
     """QA dry-run of a candidate against Active on an isolated copy; stores the report with
     the release. Exits 1 when a gate fails."""
-    from twinloop.release.dryrun import run_release_qa
+    from twinloop.serving.dryrun import run_release_qa
 
-    rt = _runtime()
+    rt = runtime()
     with err.status("QA dry-run: answering the held-out cases with the candidate and Active…") as st:
-        doc = run_release_qa(rt, release, actor=cli_actor(), cases_path=cases, max_tokens=max_tokens,
+        doc = run_release_qa(release, registry=rt.releases, foundation=rt.foundation, embedder=rt.embedder,
+                             retriever=rt.retriever, domains=rt.domains, router_json=rt.router.spec.to_json(),
+                             index_revision=rt.knowledge.current_revision(), settings=rt.settings,
+                             actor=cli_actor(), cases_path=cases, max_tokens=max_tokens,
                              progress=lambda i, n: st.update(f"QA dry-run: case {i}/{n}"))
-    if json_out:
-        _emit_json(doc)
-    else:
-        table = Table(title=f"QA of {doc['release_id']} against {doc.get('baseline_id')}", title_justify="left")
-        for col in ("gate", "value", "threshold", "result", "detail"):
-            table.add_column(col, overflow="fold")
+
+    def render(doc: dict) -> None:
+        t = table(f"QA of {doc['release_id']} against {doc.get('baseline_id')}",
+                  ("gate", "value", "threshold", "result", "detail"), overflow="fold")
         for g in doc["gates"]:
-            table.add_row(g["name"], _num(g.get("value")), _num(g.get("threshold")),
-                          "pass" if g["passed"] else "[red]FAIL[/red]", g.get("detail", ""))
-        out.print(table)
+            t.add_row(g["name"], _num(g.get("value")), _num(g.get("threshold")),
+                      "pass" if g["passed"] else "[red]FAIL[/red]", g.get("detail", ""))
+        out.print(t)
         out.print("QA " + ("[green]passed[/green]" if doc["passed"] else "[red]failed[/red]: promotion blocked"))
+
+    emit(doc, json_out, render)
     if not doc["passed"]:
         raise typer.Exit(1)
 
@@ -157,74 +149,43 @@ def canary_start(
     json_out: JsonFlag = False,
 ) -> None:
     """Start a canary: a running server sends the candidate its share of users from now on."""
-    from twinloop.release import promotion
-    from twinloop.release.canary import CanaryStore
-    from twinloop.release.dryrun import resolve_candidate
-
-    rt = _runtime()
-    cfg = rt.settings.canary
-    rid = resolve_candidate(rt.releases, release)
-    run = promotion.start_canary(rt.releases, CanaryStore(rt.db), rid, ratio=ratio if ratio is not None else cfg.ratio,
-                                 mode=mode or cfg.mode, salt=cfg.salt, release_cfg=rt.settings.release,
-                                 actor=cli_actor(), reason=reason)
-    if json_out:
-        _emit_json(run.to_dict())
-    else:
-        out.print(f"canary {run.id} started: {run.release_id} gets {run.ratio:.0%} of users ({run.mode}) "
-                  f"against {run.baseline_id}")
+    run = _promoter().start_canary(release, actor=cli_actor(), ratio=ratio, mode=mode, reason=reason)
+    emit(run.to_dict(), json_out, f"canary {run.id} started: {run.release_id} gets {run.ratio:.0%} of users "
+                                  f"({run.mode}) against {run.baseline_id}")
 
 
 @canary_app.command("status")
 def canary_status(json_out: JsonFlag = False) -> None:
     """The running (or last) canary: per-arm figures and what the decision would be now."""
-    from twinloop.release.canary import CanaryStore, decide
+    doc = _promoter().canary_status()
+    if doc["canary"] is None:
+        emit(doc, json_out, "no canary has run")
+        return
 
-    rt = _runtime()
-    store = CanaryStore(rt.db)
-    run = store.current() or next(iter(store.list(1)), None)
-    if run is None:
-        if json_out:
-            _emit_json({"canary": None})
-        else:
-            out.print("no canary has run")
-        return
-    active, shadow = store.stats(run.id)
-    decision = decide(active, shadow, rt.settings.canary) if run.status == "running" else None
-    doc = {"canary": run.to_dict(), "active": active.to_dict(), "shadow": shadow.to_dict(),
-           "decision": None if decision is None else {"action": decision.action, "reasons": decision.reasons}}
-    if json_out:
-        _emit_json(doc)
-        return
-    table = Table(title=f"Canary {run.id}: {run.release_id} vs {run.baseline_id} ({run.status})", title_justify="left")
-    for col in ("arm", "requests", "errors", "error rate", "p95 ms", "toxic", "feedback"):
-        table.add_column(col)
-    for name, arm in (("active", active), ("shadow", shadow)):
-        table.add_row(name, str(arm.requests), str(arm.errors), f"{arm.error_rate:.1%}", f"{arm.latency_p95_ms:.0f}",
-                      str(arm.toxic), "-" if arm.feedback_mean is None else f"{arm.feedback_mean:.2f}")
-    out.print(table)
-    if decision is not None:
-        out.print(f"decision now: {decision.action} — " + "; ".join(decision.reasons))
-    elif run.decision:
-        out.print(f"ended: {run.status} — " + "; ".join(run.decision.get("reasons", [])))
+    def render(doc) -> None:
+        run, decision = doc["canary"], doc["decision"]
+        t = table(f"Canary {run['id']}: {run['release_id']} vs {run['baseline_id']} ({run['status']})",
+                  ("arm", "requests", "errors", "error rate", "p95 ms", "toxic", "feedback"))
+        for name in ("active", "shadow"):
+            arm = doc[name]
+            p95 = arm.get("latency_p95_ms")
+            t.add_row(name, str(arm["requests"]), str(arm["errors"]), f"{arm['error_rate']:.1%}",
+                      "-" if p95 is None else f"{p95:.0f}", str(arm["toxic"]),
+                      "-" if arm.get("feedback_mean") is None else f"{arm['feedback_mean']:.2f}")
+        out.print(t)
+        if decision is not None:
+            out.print(f"decision now: {decision['action']} — " + "; ".join(decision["reasons"]))
+        elif run.get("decision"):
+            out.print(f"ended: {run['status']} — " + "; ".join(run["decision"].get("reasons", [])))
+
+    emit(doc, json_out, render)
 
 
 @canary_app.command("stop")
 def canary_stop(json_out: JsonFlag = False) -> None:
     """Stop the running canary without a decision (the candidate goes back to candidate)."""
-    from twinloop.kernel.errors import InvalidInputError
-    from twinloop.release import promotion
-    from twinloop.release.canary import CanaryStore
-
-    rt = _runtime()
-    store = CanaryStore(rt.db)
-    run = store.current()
-    if run is None:
-        raise InvalidInputError("no canary is running")
-    _, report = promotion.conclude_canary(rt.releases, store, run, None, actor=cli_actor(), stopped=True)
-    if json_out:
-        _emit_json(report)
-    else:
-        out.print(f"canary {run.id} stopped")
+    report = _promoter().stop_canary(actor=cli_actor())
+    emit(report, json_out, f"canary {report['canary_id']} stopped")
 
 
 @app.command()
@@ -235,15 +196,11 @@ def swap(
     reason: ReasonOpt = "",
     json_out: JsonFlag = False,
 ) -> None:
-    """Promote a release to Active (one transaction with its audit event)."""
-    from twinloop.release import promotion
-    from twinloop.release.dryrun import resolve_candidate
-
-    rt = _runtime()
-    rid = resolve_candidate(rt.releases, release)
-    move = promotion.swap(rt.releases, rt.domains, rid, rt.settings.release, actor=cli_actor(), reason=reason,
-                          force=force)
-    _print_move(move.to_dict(), json_out)
+    """Promote a release to Active: gates, then its adapters loaded and verified on this
+    machine's base model, then one transaction with its audit event — the same path as
+    ``POST /v1/admin/swap``. A running server follows within ``release.poll_s``."""
+    move = _promoter().swap(release, actor=cli_actor(), reason=reason, force=force)
+    emit(move.to_dict(), json_out, _move_line)
 
 
 @app.command()
@@ -253,20 +210,23 @@ def rollback(
     reason: ReasonOpt = "",
     json_out: JsonFlag = False,
 ) -> None:
-    """Point Active back at the previous (or a named) release at once."""
-    from twinloop.release import promotion
-
-    rt = _runtime()
-    move = promotion.rollback(rt.releases, actor=cli_actor(), reason=reason, to=to)
-    _print_move(move.to_dict(), json_out)
+    """Point Active back at the previous (or a named, once-Active) release at once."""
+    move = _promoter().rollback(actor=cli_actor(), reason=reason, to=to)
+    emit(move.to_dict(), json_out, _move_line)
 
 
-def _print_move(move: dict[str, Any], json_out: bool) -> None:
-    if json_out:
-        _emit_json(move)
-        return
+def _promoter():
+    """The one promotion path (release/promotion.py), loading releases on a scratch adapter
+    registry of this process's base model — only when a release must be loaded."""
+    from twinloop.serving.control import scratch_promoter
+
+    rt = runtime()
+    return scratch_promoter(rt.settings, rt.releases, rt.domains, lambda: rt.foundation, lambda: rt.embedder)
+
+
+def _move_line(move: dict[str, Any]) -> str:
     extra = f" (forced past: {'; '.join(move['skipped_gates'])})" if move.get("skipped_gates") else ""
-    out.print(f"{move['action']}: Active {move['from_release']} → {move['to_release']}{extra}")
+    return f"{move['action']}: Active {move['from_release']} → {move['to_release']}{extra}"
 
 
 @app.command()
@@ -276,13 +236,8 @@ def approve(
     json_out: JsonFlag = False,
 ) -> None:
     """Record your approval of a release for domains whose policy requires one (e.g. law)."""
-    rt = _runtime()
-    rt.releases.approve(release, cli_actor(), note)
-    approvals = rt.releases.approvals(release)
-    if json_out:
-        _emit_json({"release": release, "approvals": approvals})
-    else:
-        out.print(f"{release} approved by " + ", ".join(a["actor"] for a in approvals))
+    doc = _promoter().approve(release, actor=cli_actor(), note=note)
+    emit(doc, json_out, f"{release} approved by " + ", ".join(a["actor"] for a in doc["approvals"]))
 
 
 @app.command()
@@ -295,7 +250,7 @@ def events(
     json_out: JsonFlag = False,
 ) -> None:
     """The audit log: list, verify or export."""
-    store = _runtime().events
+    store = runtime().events
     if export is not None:
         if str(export) == "-":
             n = store.export_jsonl(sys.stdout)
@@ -306,28 +261,30 @@ def events(
         return
     if verify:
         report = store.verify()
-        if json_out:
-            _emit_json(report.to_dict())
-        elif report.ok:
-            out.print(f"audit log intact: {report.events} events, chain verified")
-        else:
-            out.print(f"[red]audit log TAMPERED[/red]: {len(report.problems)} problem(s), first at event "
-                      f"{report.first_bad_seq}")
-            for p in report.problems:
-                out.print(f"  - {p}")
+        emit(report.to_dict(), json_out, lambda _doc: _print_verify(report))
         if not report.ok:
             raise typer.Exit(1)
         return
     rows = store.list(limit=limit, action=action)
-    if json_out:
-        _emit_json([e.to_dict() for e in rows])
+
+    def render(_doc):
+        t = table(f"Audit events ({len(rows)} shown, newest first)",
+                  ("#", "time", "action", "actor", "subject", "reason"), overflow="fold")
+        for e in rows:
+            t.add_row(str(e.seq), e.at[:19], e.action, e.actor, e.subject or "", e.reason)
+        return t
+
+    emit([e.to_dict() for e in rows], json_out, render)
+
+
+def _print_verify(report) -> None:
+    if report.ok:
+        out.print(f"audit log intact: {report.events} events, chain verified")
         return
-    table = Table(title=f"Audit events ({len(rows)} shown, newest first)", title_justify="left")
-    for col in ("#", "time", "action", "actor", "subject", "reason"):
-        table.add_column(col, overflow="fold")
-    for e in rows:
-        table.add_row(str(e.seq), e.at[:19], e.action, e.actor, e.subject or "", e.reason)
-    out.print(table)
+    out.print(f"[red]audit log TAMPERED[/red]: {len(report.problems)} problem(s), first at event "
+              f"{report.first_bad_seq}")
+    for p in report.problems:
+        out.print(f"  - {p}")
 
 
 @app.command()
@@ -339,14 +296,11 @@ def prune(
     adapters; never Active, Shadow, their parents or the rollback target."""
     from twinloop.release.retention import prune as run_prune
 
-    rt = _runtime()
+    rt = runtime()
     plan = run_prune(rt.releases, rt.settings.retention, actor=cli_actor(), dry_run=not apply)
-    if json_out:
-        _emit_json(plan.to_dict())
-        return
     verb = "removed" if apply else "would remove"
-    out.print(f"{verb} {len(plan.removed)} release(s) and {len(plan.artifacts)} adapter artifact(s); "
-              f"protected: {', '.join(plan.protected) or '-'}")
+    emit(plan.to_dict(), json_out, f"{verb} {len(plan.removed)} release(s) and {len(plan.artifacts)} adapter "
+                                   f"artifact(s); protected: {', '.join(plan.protected) or '-'}")
 
 
 @app.command("export")
@@ -357,7 +311,7 @@ def export_release(
     """Write a release and its adapters to one verified bundle."""
     from twinloop.release.bundle import export_bundle
 
-    path = export_bundle(_runtime().releases, release, out_path, actor=cli_actor())
+    path = export_bundle(runtime().releases, release, out_path, actor=cli_actor())
     out.print(f"exported {release} to {path}")
 
 
@@ -366,5 +320,5 @@ def import_release(path: Annotated[Path, typer.Argument(help="Bundle file (.tar.
     """Verify a bundle and record its release here as a candidate (it must pass the gates here)."""
     from twinloop.release.bundle import import_bundle
 
-    rel = import_bundle(_runtime().releases, path, actor=cli_actor())
+    rel = import_bundle(runtime().releases, path, actor=cli_actor())
     out.print(f"imported {rel.id} (status {rel.status})")

@@ -1,9 +1,9 @@
 """A verified, de-quantised copy of a GGUF base model inside the data directory.
 
-De-quantising SmolLM2's GGUF takes ~17 s on this machine (DESIGN.md "Facts checked");
+De-quantising SmolLM2's GGUF takes ~17 s on this machine (docs/DESIGN.md "Facts measured here");
 loading float safetensors takes ~2 s. The first load writes the copy; later loads use it
-only after every file matches the SHA-256 recorded in its manifest, and rebuild it otherwise
-(issue 2: a corrupt cache file is detected and rebuilt, never loaded).
+only after every file matches the SHA-256 recorded in its manifest, and rebuild it otherwise:
+a corrupt cache file is detected and rebuilt, never loaded (docs/DESIGN.md "State").
 
 Layout: ``<cache>/<first 16 hex of the GGUF's SHA-256>/`` holding ``config.json``,
 ``model.safetensors``, the tokenizer files and ``manifest.json`` (written last).

@@ -3,7 +3,7 @@
 Every default is documented once, here, where it is defined. Most come from the paper's
 Appendix A ("paper, App. A"); the others say why they were chosen. Config holds plain values
 and paths and imports no torch, so it loads in milliseconds and validates before anything
-heavy starts (STYLE.md §3).
+heavy starts.
 
 Precedence (highest first): keyword arguments, ``TWINLOOP_*`` environment variables (nested
 fields with ``__``, e.g. ``TWINLOOP_LORA__R=8``), the YAML file, the defaults below.
@@ -131,7 +131,7 @@ class ReplayConfig(_Section):
     """Items drawn per replay sample (paper, App. A)."""
     mix_ratio: float = Field(default=0.5, ge=0.0, lt=1.0)
     """Share of each training batch drawn from the replay buffer (the rest is new data);
-    half and half keeps old knowledge rehearsed without starving the new facts (issue 5)."""
+    half and half keeps old knowledge rehearsed without starving the new facts."""
 
 
 class TrainingConfig(_Section):
@@ -230,7 +230,7 @@ class QaConfig(_Section):
     error_rate: float = Field(default=0.10, ge=0.0, le=1.0)
     """Maximum share of failed requests (paper, App. A)."""
     regression_tolerance: float = Field(default=0.0, ge=0.0, le=1.0)
-    """Forgetting check (issue 6): in every domain the candidate's pass rate must be at least
+    """Forgetting check (docs/DESIGN.md "Releasing"): in every domain the candidate's pass rate must be at least
     Active's minus this. 0 because a held-out set is small and hand-checked: any case a
     domain loses is a regression a human should look at before promoting."""
 
@@ -285,7 +285,7 @@ class BreakerConfig(_Section):
 
     failure_threshold: float = Field(default=0.5, gt=0.0, le=1.0)
     """Error share that opens the breaker once reached (≥; paper, App. A: 50 %). The paper
-    writes "> 0.5" in §5.5 but issue 6 says "opens at 50 % errors", so 5 of 10 opens."""
+    writes "> 0.5" in §5.5, but a threshold is met when it is reached, so 5 of 10 opens."""
     min_requests: int = Field(default=10, ge=1)
     """Size of the sliding window of latest outcomes; the share is judged only once it is full
     (paper, App. A)."""
@@ -296,7 +296,7 @@ class BreakerConfig(_Section):
 
 
 class RollbackConfig(_Section):
-    """Automatic rollback after a swap (paper §5.4, issue 6 point 6)."""
+    """Automatic rollback after a swap (paper §5.4)."""
 
     error_rate: float = Field(default=0.15, gt=0.0, le=1.0)
     """Error share of the new Active that triggers a rollback (paper §5.4: 15 %, 3× baseline)."""
@@ -337,7 +337,7 @@ class RetentionConfig(_Section):
 
 
 class ServingConfig(_Section):
-    """The generation engine and answer pipeline (issue 4)."""
+    """The generation engine and answer pipeline (docs/DESIGN.md "Serving")."""
 
     max_batch_size: int = Field(default=8, ge=1, le=256)
     """Requests generated together; 8 keeps a 2-core CPU's batch latency near one request's
@@ -359,12 +359,13 @@ class ServingConfig(_Section):
     answer_max_new_tokens: int = Field(default=160, ge=1)
     """Default answer length of ``/v1/answer``."""
     follow_index: bool = True
-    """Until release gating (issue 6) pins index revisions, Active reads the newest index
-    revision, so an ingested document is answerable within seconds (paper §6.3)."""
+    """Every release reads the newest index revision rather than the one it recorded, so an
+    ingested document is answerable within seconds (paper §6.3); false pins each release to
+    its recorded revision (docs/DESIGN.md "Decisions taken while building")."""
 
 
 class ApiConfig(_Section):
-    """The HTTP service (issue 4)."""
+    """The HTTP service."""
 
     host: str = "127.0.0.1"
     """Loopback by default; binding anything else requires API keys."""

@@ -1,5 +1,5 @@
-"""Named crash points for crash-consistency tests (issue 6: "SIGKILL at each step leaves a
-consistent registry").
+"""Named crash points for crash-consistency tests: a SIGKILL at any step of the release flow
+must leave a consistent registry (docs/DESIGN.md "State").
 
 A test starts a real ``twinloop`` process with ``TWINLOOP_CRASH_AT=<name>``; when that
 process reaches the point of that name it kills itself with SIGKILL — no cleanup, no

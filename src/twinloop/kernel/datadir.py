@@ -33,7 +33,17 @@ class DataDir:
         return self._dir("indexes")
 
     @property
+    def shadow_tmp(self) -> Path:
+        """Where Shadow runs build adapters before they enter the artifact store (one folder per job)."""
+        return self._dir("tmp", "shadow")
+
+    @property
+    def logs(self) -> Path:
+        """Log files of the Shadow worker processes, one per job."""
+        return self._dir("logs")
+
+    @property
     def database(self) -> Path:
         """The SQLite metadata database."""
         self.root.mkdir(parents=True, exist_ok=True)
-        return self.root / "twinloop.kernel.db"
+        return self.root / "twinloop.db"

@@ -1,4 +1,4 @@
-"""Exceptions a user can cause. Each message names the bad value (STYLE.md §6).
+"""Exceptions a user can cause. Each message names the bad value.
 
 HTTP status codes live only in the API layer; the CLI prints these as one line.
 """
@@ -26,3 +26,7 @@ class InvalidInputError(TwinLoopError):
 
 class UnknownDomainError(InvalidInputError):
     """A domain name that is not configured."""
+
+
+class UnknownRequestError(InvalidInputError):
+    """A request id that was never answered here (feedback on it has nothing to rate)."""

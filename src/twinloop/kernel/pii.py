@@ -1,6 +1,6 @@
-"""PII redaction: typed placeholders for personal data before anything is stored (issue 5 point 1).
+"""PII redaction: typed placeholders for personal data before anything is stored (paper §4.6).
 
-Paper §4.6 asks for "pattern matching for emails, SSNs, phone numbers"; issue 5 adds national
+Paper §4.6 asks for "pattern matching for emails, SSNs, phone numbers"; we add national
 IDs, payment cards (Luhn-checked) and IBANs (ISO 13616 mod-97). Checksums matter here: the
 corpora are full of numbers that must survive (``Art. 17(1)``, ``Regulation (EU) 2016/679``,
 years, case numbers), so a digit run is only redacted when its shape *and* its checksum say it

@@ -1,4 +1,4 @@
-"""Split one document into overlapping word windows (issue 3 point 1).
+"""Split one document into overlapping word windows.
 
 Only one document is ever split at a time, so a chunk never spans two articles: the parsers
 make one document per citable unit (article paragraph, abstract, report section). Chunks are

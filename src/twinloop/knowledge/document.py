@@ -1,4 +1,4 @@
-"""Documents with citation metadata (DESIGN.md "Index revision", issue 3 point 1).
+"""Documents with citation metadata (docs/DESIGN.md "Core concepts", Index revision).
 
 A document is the unit a citation points at: one article, paragraph ("part") or clause of a
 code, one abstract, one Q&A answer, one report section. Chunking splits a document but never

@@ -1,4 +1,4 @@
-"""Hybrid retrieval over a view pinned to one index revision (issue 3 points 3 and 4).
+"""Hybrid retrieval over a view pinned to one index revision (docs/DESIGN.md "Serving").
 
 Lexical BM25 (SQLite FTS5) and dense cosine (FAISS) each rank the chunks a view may see, and
 the two lists are fused: by default with relative score fusion (each part's scores min-max

@@ -1,4 +1,4 @@
-"""Loading the default packs' seed corpora into the knowledge store (issue 3 point 7)."""
+"""Loading the default packs' seed corpora into the knowledge store."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Append-only, revisioned document storage per domain (issue 3 points 1, 2, 5).
+"""Append-only, revisioned document storage per domain.
 
 Rows are never edited to change what a view sees: every document records the revision that
 added it (``added_rev``) and the one that removed it (``removed_rev``). A view pinned to

@@ -3,7 +3,7 @@
 The embeddings themselves live in SQLite (``kn_chunks.vector``), written in the same
 transaction as their chunks; the FAISS file is derived data. On load it is used only if its
 SHA-256 matches the manifest and it holds the same chunks as the database; otherwise it is
-rebuilt from the stored embeddings, never trusted (issue 3 point 5). Chunks committed by
+rebuilt from the stored embeddings, never trusted (docs/DESIGN.md "State"). Chunks committed by
 another process after the file was written are added on the next :meth:`sync`.
 
 Exact inner-product search (``IndexFlatIP`` on L2-normalised vectors = cosine) is used

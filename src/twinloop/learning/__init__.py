@@ -1,1 +1,1 @@
-"""Shadow's learning loop (DESIGN.md "Learning", issue 5): filters, replay, EWC, training."""
+"""Shadow's learning loop (docs/DESIGN.md "Learning"): filters, replay, EWC, training."""

@@ -124,9 +124,8 @@ class EWC:
     def penalty(self, named_params: NamedTensors) -> torch.Tensor:
         """``λ · Σ_i F_i (θ_i − θ*_i)²`` over the parameters that have an anchor.
 
-        The paper (§4.3) writes λ/2; issue 5 defines the penalty without the ½ so that its
-        gradient is exactly ``2λF(θ−θ*)``, and we follow the issue so λ means the same here
-        as in its test and in settings. A parameter without an anchor (a first task, or a
+        The paper (§4.3) writes λ/2; here the penalty has no ½, so its gradient is exactly
+        ``2λF(θ−θ*)`` and λ means the same here as in the tests and in settings. A parameter without an anchor (a first task, or a
         newly added module) or without a Fisher contributes zero.
 
         Returns:

@@ -1,6 +1,6 @@
-"""Filter stages between feedback intake and storage (paper §4.6, issue 5 point 1).
+"""Filter stages between feedback intake and storage (paper §4.6).
 
-Each stage is a small strategy object (STYLE.md §5) with ``name`` and
+Each stage is a small strategy object with ``name`` and
 ``apply(sample, ctx) -> FilterResult``. A stage returns either a (possibly redacted) new
 :class:`Sample` or a :class:`Rejection` naming the stage and reason; it never mutates the sample,
 the context or another stage. :class:`FilterPipeline` runs the stages in order and is the only
@@ -158,7 +158,7 @@ class SchemaFilter:
 
 
 class PiiFilter:
-    """Redacts personal data in prompt and target; never rejects (issue 5: "redaction").
+    """Redacts personal data in prompt and target; never rejects.
 
     Args:
         redactor: The :class:`~twinloop.kernel.pii.PiiRedactor` to use (default: patterns,
@@ -242,7 +242,7 @@ INJECTION_RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
         r"|\bpowershell(?:\.exe)?\s+(?:-\w+\s+)*-(?:e|enc|encodedcommand)\s|\bnc(?:at)?\s+-e\s"
         r"|\beval\s*\(\s*(?:base64_decode|atob|gzinflate)|/bin/(?:ba)?sh\s+-i\b|;\s*drop\s+table\b", _I)),
 )
-"""(rule name, pattern) for prompt-injection and poisoning (paper §4.6 step 4, issue 5 point 1)."""
+"""(rule name, pattern) for prompt-injection and poisoning (paper §4.6 step 4)."""
 
 _BASE64 = re.compile(r"(?<![A-Za-z0-9+/=])[A-Za-z0-9+/]{64,}={0,2}(?![A-Za-z0-9+/=])")
 

@@ -1,6 +1,6 @@
 """Feedback intake: filter, then store accepted samples and quarantine rejections atomically.
 
-Issue 5 point 1: filters sit between intake and storage, and accepted items are redacted before
+Filters sit between intake and storage (paper §4.6), and accepted items are redacted before
 they are stored anywhere. ``submit`` writes the ``training_samples`` rows and the quarantine
 rows in one transaction, so a crash leaves both or neither; the ``UNIQUE(domain, sha256)``
 constraint enforces dedup even when two intakes race.
@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -68,7 +68,7 @@ class FeedbackSamples:
 
 
 def samples_from_feedback(rows: Iterable[Mapping[str, Any]]) -> FeedbackSamples:
-    """Turn :meth:`RequestLog.feedback_joined` rows into samples.
+    """Turn stored feedback rows (:meth:`FeedbackDesk.list`) into samples.
 
     A correction → ``(query, correction)``, source "correction"; a positive score (> 0) without
     one → ``(query, answer)``, source "feedback". Skipped, and counted: a non-positive score
@@ -131,12 +131,15 @@ class FeedbackIntake:
                                    (domain, sha)).fetchone()
         return row is not None
 
-    def submit(self, samples: Iterable[Sample]) -> IntakeReport:
+    def submit(self, samples: Iterable[Sample],
+               within: Callable[[sqlite3.Connection, IntakeReport], None] | None = None) -> IntakeReport:
         """Filter ``samples``; store the accepted and quarantine the rejected in one transaction.
 
         The filters run before the write lock is taken (a classifier may be slow); a sample
         another writer stored meanwhile loses on the UNIQUE constraint and is quarantined as a
-        duplicate in the same transaction.
+        duplicate in the same transaction. ``within(conn, report)`` runs inside that
+        transaction, so a caller's own record of the outcome (the feedback's status and its
+        audit event) commits with it, or not at all.
         """
         result = self.pipeline.run(samples, domains=self.registry.names(), seen=self._seen)
         now = now_iso()
@@ -157,12 +160,10 @@ class FeedbackIntake:
                 accepted.append(s)
                 ids.append(int(cur.lastrowid))
             self.quarantine.add(conn, rejected)
-        return IntakeReport(tuple(accepted), tuple(rejected), tuple(ids))
-
-    def submit_feedback(self, rows: Iterable[Mapping[str, Any]]) -> tuple[IntakeReport, dict[str, int]]:
-        """:meth:`from_feedback` then :meth:`submit`; also returns the skipped counts."""
-        made = samples_from_feedback(rows)
-        return self.submit(made.samples), made.skipped
+            report = IntakeReport(tuple(accepted), tuple(rejected), tuple(ids))
+            if within is not None:
+                within(conn, report)
+        return report
 
 
 def list_samples(db: Database, domain: str | None = None, status: Status | None = None,

@@ -3,7 +3,7 @@
 The row is the only channel between whoever started a run (CLI, API) and the worker: the
 starter polls it, the worker writes its status and progress. A worker killed with SIGKILL
 cannot write "failed", so :meth:`TrainJobs.reap_stale` does it for any queued or running job
-whose process is gone — the next run starts clean (issue 5, "Done when").
+whose process is gone — the next run starts clean.
 """
 
 from __future__ import annotations

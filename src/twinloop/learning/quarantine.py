@@ -1,4 +1,4 @@
-"""The quarantine: rejected samples kept for audit, never trained on (paper §4.6, issue 5 point 1).
+"""The quarantine: rejected samples kept for audit, never trained on (paper §4.6).
 
 Paper §4.6: "Filtered samples are logged for audit but not used in training." Each row keeps
 the stage and reason that rejected the sample and a redacted copy of its text — PII redaction

@@ -121,7 +121,7 @@ class BetaSchedule:
 
 def _check_domain(domain: str) -> str:
     # Domains are free strings here: the buffer does not know the configured domain list, and
-    # schema filtering upstream (issue 5 point 1) is where unknown domains are rejected.
+    # schema filtering upstream (paper §4.6) is where unknown domains are rejected.
     if not isinstance(domain, str) or not domain.strip():
         raise InvalidInputError(f"replay domain = {domain!r}: must be a non-empty string")
     return domain

@@ -1,6 +1,6 @@
 """The training sample: one prompt/target pair on its way from intake to a replay buffer.
 
-Every filter stage (paper §4.6, issue 5 point 1) takes a :class:`Sample` and returns a new one,
+Every filter stage (paper §4.6) takes a :class:`Sample` and returns a new one,
 so a redacted copy never aliases the original and a stage cannot change what another saw.
 """
 
@@ -14,7 +14,7 @@ from twinloop.kernel.text import normalise_text
 
 SOURCES = ("feedback", "correction", "document", "augmentation")
 """Where samples come from: a rated answer, a user's correction, an ingested document, or a
-paraphrase generated from a correction (issue 5 point 3). Schema accepts only these unless told
+paraphrase generated from a correction. Schema accepts only these unless told
 otherwise."""
 
 _FIELD_SEP = "\x00"

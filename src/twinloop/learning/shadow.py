@@ -1,4 +1,5 @@
-"""One Shadow run: new samples → adapters → one candidate release (issue 5 points 3–4).
+"""One Shadow run: new samples → adapters → one candidate release (paper §4.4–4.5;
+docs/DESIGN.md "Learning").
 
 Crash safety comes from the order of the writes, each atomic on its own:
 
@@ -21,16 +22,19 @@ import logging
 import shutil
 import threading
 import time
-from collections.abc import Callable
-from pathlib import Path
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
 from typing import Any
 
 from twinloop.kernel.crashpoints import crash_point
+from twinloop.kernel.datadir import DataDir
+from twinloop.kernel.db import Database
 from twinloop.kernel.errors import InvalidInputError, TwinLoopError, UnknownDomainError
 from twinloop.learning.intake import list_samples, mark_used
 from twinloop.learning.jobs import TrainJobs, pid_alive
 from twinloop.learning.replay import ReplayBuffer
 from twinloop.learning.sample import Sample
+from twinloop.release.registry import ReleaseRegistry
 
 log = logging.getLogger(__name__)
 
@@ -46,21 +50,39 @@ class NothingToTrainError(TwinLoopError):
     """No domain asked for has new samples."""
 
 
-def tmp_root(runtime) -> Path:
-    """Where Shadow runs build their adapters: ``data_dir/tmp/shadow``."""
-    p = Path(runtime.settings.data_dir) / "tmp" / "shadow"
-    p.mkdir(parents=True, exist_ok=True)
-    return p
+@dataclass(frozen=True)
+class ShadowInputs:
+    """What a Shadow run reads and writes, passed explicitly by the worker process.
+
+    Attributes:
+        settings: The job's settings snapshot (lora, ewc, training, replay sections).
+        data_dir: The data directory (temporary folders of runs).
+        db: The metadata database (samples, replay buffers, jobs).
+        registry: The process's release registry (artifacts, candidate, the Shadow pointer).
+        domains: Configured domain names.
+        foundation: The worker's own copy of the base model.
+        index_revision: The knowledge index's current revision (recorded with the release).
+        router_json: The router configuration the candidate carries.
+    """
+
+    settings: Any
+    data_dir: DataDir
+    db: Database
+    registry: ReleaseRegistry
+    domains: Collection[str]
+    foundation: Any
+    index_revision: Callable[[], int]
+    router_json: str
 
 
-def clean_tmp(runtime, jobs: TrainJobs, keep: str | None = None) -> list[str]:
+def clean_tmp(data_dir: DataDir, jobs: TrainJobs, keep: str | None = None) -> list[str]:
     """Delete the temporary folders of runs whose worker is gone; returns the names removed.
 
     A folder is named by its job id; it is kept only for ``keep`` and for live jobs whose
     process is alive (another Shadow run, should one be running).
     """
     removed = []
-    for folder in tmp_root(runtime).iterdir():
+    for folder in data_dir.shadow_tmp.iterdir():
         if folder.name == keep:
             continue
         try:
@@ -75,16 +97,15 @@ def clean_tmp(runtime, jobs: TrainJobs, keep: str | None = None) -> list[str]:
     return removed
 
 
-def check_request(runtime, domains: list[str] | None, steps: int | None, lr: float | None,
+def check_request(known: Collection[str], domains: list[str] | None, steps: int | None, lr: float | None,
                   seed: int | None) -> list[str] | None:
     """Validate a training request before a job is made for it; returns the domains, deduplicated.
 
     Raises:
-        UnknownDomainError: A domain that is not configured.
+        UnknownDomainError: A domain not in ``known``.
         InvalidInputError: ``steps`` < 1, a non-positive ``lr`` or a non-integer ``seed``.
     """
     if domains:
-        known = runtime.domains.names()
         for d in domains:
             if d not in known:
                 raise UnknownDomainError(f"unknown domain {d!r}; known: {', '.join(sorted(known))}")
@@ -98,16 +119,8 @@ def check_request(runtime, domains: list[str] | None, steps: int | None, lr: flo
     return domains or None
 
 
-def _registry(runtime):
-    from twinloop.release.artifacts import ArtifactStore
-    from twinloop.release.registry import ReleaseRegistry
-
-    return ReleaseRegistry(runtime.db, ArtifactStore(runtime.data_dir.artifacts))
-
-
-def _new_samples(runtime, domains: list[str] | None) -> dict[str, list[dict[str, Any]]]:
-    names = domains or sorted(runtime.domains.names())
-    found = {d: list_samples(runtime.db, d, status="new", limit=MAX_SAMPLES) for d in names}
+def _new_samples(db: Database, names: Collection[str]) -> dict[str, list[dict[str, Any]]]:
+    found = {d: list_samples(db, d, status="new", limit=MAX_SAMPLES) for d in sorted(names)}
     return {d: rows for d, rows in found.items() if rows}
 
 
@@ -116,16 +129,16 @@ def _sample(row: dict[str, Any]) -> Sample:
                   request_id=row["request_id"], score=row["score"], meta=row["meta"])
 
 
-def run_shadow_training(runtime, job_id: str, domains: list[str] | None = None, steps: int | None = None,
+def run_shadow_training(inputs: ShadowInputs, job_id: str, domains: list[str] | None = None, steps: int | None = None,
                         lr: float | None = None, seed: int | None = None,
                         cancel: threading.Event | None = None, progress: ShadowProgress | None = None,
                         threads: int | None = None) -> dict[str, Any]:
     """Train every domain with new samples and record one candidate release; set "shadow" to it.
 
-    Uses ``runtime.foundation`` — call it in the worker process, whose base is its own copy.
+    Uses ``inputs.foundation`` — call it in the worker process, whose base is its own copy.
 
     Args:
-        runtime: The worker's runtime (settings, db, foundation, domains, knowledge, router).
+        inputs: What the run reads and writes (:class:`ShadowInputs`).
         job_id: Names the temporary folder and the lineage.
         domains: Only these domains (default: every domain with new samples).
         steps, lr, seed: Overrides of ``settings.training``.
@@ -145,21 +158,20 @@ def run_shadow_training(runtime, job_id: str, domains: list[str] | None = None, 
     from twinloop.learning.trainer import train_adapter
 
     started = time.perf_counter()
-    settings = runtime.settings
-    domains = check_request(runtime, domains, steps, lr, seed)
-    jobs = TrainJobs(runtime.db)
-    clean_tmp(runtime, jobs, keep=job_id)
-    registry = _registry(runtime)
+    settings, db, registry = inputs.settings, inputs.db, inputs.registry
+    domains = check_request(inputs.domains, domains, steps, lr, seed)
+    jobs = TrainJobs(db)
+    clean_tmp(inputs.data_dir, jobs, keep=job_id)
     registry.artifacts.clean_temporaries()
-    work = tmp_root(runtime) / job_id
+    work = inputs.data_dir.shadow_tmp / job_id
     try:
-        todo = _new_samples(runtime, domains)
+        todo = _new_samples(db, domains or inputs.domains)
         if not todo:
             raise NothingToTrainError("no new training samples" + (f" for {', '.join(domains)}" if domains else ""))
         parent_id = registry.pointer("active")
         parent = registry.get(parent_id) if parent_id else None
         adapters = dict(parent.adapters) if parent else {}
-        replay = ReplayBuffer(runtime.db, settings.replay)
+        replay = ReplayBuffer(db, settings.replay)
         seed_used = settings.training.seed if seed is None else seed
         per_domain: dict[str, dict[str, Any]] = {}
         lineage_domains: dict[str, dict[str, Any]] = {}
@@ -178,7 +190,7 @@ def run_shadow_training(runtime, job_id: str, domains: list[str] | None = None, 
             # the same learning signal (measured: 10.4 s vs 0.45 s per step).
             batch = max(1, min(settings.training.batch_size, len(rows) + replay.size(domain)))
             result = train_adapter(
-                runtime.foundation, [_sample(r) for r in rows], lora=settings.lora, ewc_cfg=settings.ewc,
+                inputs.foundation, [_sample(r) for r in rows], lora=settings.lora, ewc_cfg=settings.ewc,
                 training=settings.training, out_dir=work / domain, previous=previous, replay=replay,
                 domain=domain, replay_ratio=settings.replay.mix_ratio, steps=steps, lr=lr, seed=seed_used,
                 threads=threads, batch_size=batch, progress=on_step, cancel=cancel)
@@ -194,7 +206,7 @@ def run_shadow_training(runtime, job_id: str, domains: list[str] | None = None, 
             per_domain[domain] = {"samples": len(rows), "steps": result.steps, "final_loss": result.final_loss,
                                   "seconds": round(result.seconds, 3), "adapter": artifact.digest}
         lineage = {
-            "job_id": job_id, "parent": parent_id, "base": runtime.foundation.name, "seed": seed_used,
+            "job_id": job_id, "parent": parent_id, "base": inputs.foundation.name, "seed": seed_used,
             "hyperparameters": {
                 "steps": steps or settings.training.steps, "learning_rate": lr or settings.training.learning_rate,
                 "replay_ratio": settings.replay.mix_ratio, "lora": settings.lora.model_dump(mode="json"),
@@ -202,13 +214,12 @@ def run_shadow_training(runtime, job_id: str, domains: list[str] | None = None, 
             },
             "domains": lineage_domains,
         }
-        index_revision = runtime.knowledge.current_revision()
+        index_revision = inputs.index_revision()
         crash_point("shadow.before_release")
-        release = registry.create_candidate(parent_id, adapters, index_revision, runtime.router.spec.to_json(),
-                                            lineage)
+        release = registry.create_candidate(parent_id, adapters, index_revision, inputs.router_json, lineage)
         registry.set_pointer("shadow", release.id)
         # Last: only now does a committed release hold what these samples taught.
-        with runtime.db.transaction() as conn:
+        with db.transaction() as conn:
             mark_used(conn, used_ids)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -216,4 +227,4 @@ def run_shadow_training(runtime, job_id: str, domains: list[str] | None = None, 
             "domains": per_domain, "seconds": round(time.perf_counter() - started, 3)}
 
 
-__all__ = ["NothingToTrainError", "check_request", "clean_tmp", "run_shadow_training"]
+__all__ = ["NothingToTrainError", "ShadowInputs", "check_request", "clean_tmp", "run_shadow_training"]

@@ -1,4 +1,4 @@
-"""One Shadow training run for one domain's adapter (paper §4.2–4.4; issue 5 point 3).
+"""One Shadow training run for one domain's adapter (paper §4.2–4.4).
 
 The run wraps a Foundation the caller owns (Shadow loads its own copy of the base) with a LoRA
 adapter — fresh, or the domain's previous one loaded as trainable — and trains it on the new

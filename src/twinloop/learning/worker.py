@@ -1,4 +1,4 @@
-"""The Shadow worker process, and how the CLI and the API start it (issue 5 points 3 and 5).
+"""The Shadow worker process, and how the CLI and the API start it (docs/DESIGN.md "Learning").
 
 ``python -m twinloop.learning.worker --job JOB_ID [--data-dir D] [--config C]`` runs one job in
 its own process, with its own copy of the base model, so training never shares weights, locks
@@ -21,10 +21,14 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
+from twinloop.kernel.datadir import DataDir
+from twinloop.kernel.db import Database
 from twinloop.kernel.errors import TwinLoopError
+from twinloop.learning.feedback import FeedbackDesk
 from twinloop.learning.jobs import JobRunningError, TrainJobs
 
 log = logging.getLogger("twinloop.learning.worker")
@@ -38,9 +42,19 @@ def _settings_snapshot(settings) -> dict[str, Any]:
     return settings.model_dump(mode="json", exclude={"api"})
 
 
-def start_training_job(runtime, domains: list[str] | None = None, steps: int | None = None,
-                       lr: float | None = None, seed: int | None = None) -> str:
+def start_training_job(settings, db: Database, known_domains: Collection[str], *,
+                       feedback: FeedbackDesk | None = None, domains: list[str] | None = None,
+                       steps: int | None = None, lr: float | None = None, seed: int | None = None) -> str:
     """Validate the request, create the job row and spawn its worker; returns the job id.
+
+    Args:
+        settings: The starter's settings; a snapshot (API keys left out) goes with the job.
+        db: The metadata database (the job row).
+        known_domains: Configured domain names.
+        feedback: When given, feedback a crash left unfiltered is filtered first, so the job
+            trains on everything accepted so far (learning/feedback.py).
+        domains, steps, lr, seed: The request (default: every domain with new samples, and
+            ``settings.training``).
 
     Raises:
         UnknownDomainError, InvalidInputError: Bad request values (checked before anything runs).
@@ -48,22 +62,22 @@ def start_training_job(runtime, domains: list[str] | None = None, steps: int | N
     """
     from twinloop.learning.shadow import check_request
 
-    domains = check_request(runtime, domains, steps, lr, seed)
-    jobs = TrainJobs(runtime.db)
+    domains = check_request(known_domains, domains, steps, lr, seed)
+    if feedback is not None:
+        feedback.process_pending()
+    jobs = TrainJobs(db)
     jobs.reap_stale()
     live = jobs.live()
     if live:
         raise JobRunningError(f"training job {live[0]['id']} is {live[0]['status']}; wait for it or stop it")
     params = {"domains": domains, "steps": steps, "lr": lr, "seed": seed,
-              "settings": _settings_snapshot(runtime.settings)}
+              "settings": _settings_snapshot(settings)}
     jid = jobs.create(domains, params)
-    data_dir = Path(runtime.settings.data_dir).resolve()
-    log_dir = data_dir / "logs"
-    log_dir.mkdir(parents=True, exist_ok=True)
+    data = DataDir(Path(settings.data_dir).resolve())
     try:
-        with open(log_dir / f"{jid}.log", "ab") as log_file:
+        with open(data.logs / f"{jid}.log", "ab") as log_file:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "twinloop.learning.worker", "--job", jid, "--data-dir", str(data_dir)],
+                [sys.executable, "-m", "twinloop.learning.worker", "--job", jid, "--data-dir", str(data.root)],
                 stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
                 start_new_session=True,  # a Ctrl-C in the starter's terminal does not reach it
             )
@@ -85,11 +99,12 @@ def run_job(job_id: str, data_dir: Path, config: Path | None = None) -> int:
     import torch
 
     from twinloop.kernel.config import load_settings
-    from twinloop.kernel.db import Database
     from twinloop.learning.trainer import TrainingCancelled
-    from twinloop.runtime import Runtime
+    from twinloop.runtime import (
+        Runtime,  # this process's entry point: it builds its own
+    )
 
-    jobs = TrainJobs(Database(Path(data_dir) / "twinloop.kernel.db"))
+    jobs = TrainJobs(Database(DataDir(Path(data_dir)).database))
     job = jobs.get(job_id)
     snapshot = job["params"].get("settings")
     if snapshot is not None:
@@ -140,9 +155,14 @@ def run_job(job_id: str, data_dir: Path, config: Path | None = None) -> int:
 
 
 def run_shadow(runtime, job_id: str, params: dict[str, Any], cancel, progress, threads: int) -> dict[str, Any]:
-    from twinloop.learning.shadow import run_shadow_training
+    """Run the job's Shadow training with this process's runtime, passed down explicitly."""
+    from twinloop.learning.shadow import ShadowInputs, run_shadow_training
 
-    return run_shadow_training(runtime, job_id, domains=params.get("domains"), steps=params.get("steps"),
+    inputs = ShadowInputs(settings=runtime.settings, data_dir=runtime.data_dir, db=runtime.db,
+                          registry=runtime.releases, domains=runtime.domains.names(),
+                          foundation=runtime.foundation, index_revision=runtime.knowledge.current_revision,
+                          router_json=runtime.router.spec.to_json())
+    return run_shadow_training(inputs, job_id, domains=params.get("domains"), steps=params.get("steps"),
                                lr=params.get("lr"), seed=params.get("seed"), cancel=cancel, progress=progress,
                                threads=threads)
 

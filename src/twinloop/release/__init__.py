@@ -1,1 +1,1 @@
-"""Releases: content-addressed artifacts, release records, pointers (issues 5 and 6)."""
+"""Releases: content-addressed artifacts, release records, pointers (docs/DESIGN.md "Releasing")."""

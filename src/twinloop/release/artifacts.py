@@ -1,4 +1,4 @@
-"""Content-addressed artifact folders (DESIGN.md "State"; issue 5 point 4, issue 6 point 1).
+"""Content-addressed artifact folders (docs/DESIGN.md "State").
 
 An artifact is a folder (an adapter in the standard PEFT format, with its EWC state and
 training record) stored under ``<root>/<kind>/<digest>/``, where the digest is the SHA-256

@@ -1,12 +1,12 @@
-"""Circuit breaker in front of Active: CLOSED → OPEN → HALF_OPEN (paper §5.5; issue 6 point 7).
+"""Circuit breaker in front of Active: CLOSED → OPEN → HALF_OPEN (paper §5.5).
 
 While OPEN the service refuses (or falls back) instead of piling more requests onto a failing
 release, which gives time for a rollback (paper §5.4). The rules, with the defaults of
 :class:`~twinloop.kernel.config.BreakerConfig` (paper, App. A):
 
 * CLOSED → OPEN when the sliding window of the last ``min_requests`` outcomes is full and
-  failures / window ≥ ``failure_threshold``. The paper writes "> 0.5" in §5.5 while issue 6
-  says "opens at 50 % errors over 10 requests"; we follow the issue, so exactly 5 of 10 opens.
+  failures / window ≥ ``failure_threshold``. The paper writes "> 0.5" in §5.5, but App. A calls
+  0.50 the failure *threshold*, and a threshold is met when reached: exactly 5 of 10 opens.
 * OPEN → HALF_OPEN on the first :meth:`CircuitBreaker.allow` after ``recovery_timeout_s``.
 * HALF_OPEN admits at most ``half_open_successes`` probes at once; that many consecutive
   successes close it (with an empty window), and any failure opens it again with a fresh
@@ -168,7 +168,7 @@ class CircuitBreaker:
 
     def _judge_window(self) -> list[_Transition]:
         failures, n = sum(self._window), len(self._window)
-        # ≥, not the paper's ">": issue 6 says the breaker opens *at* 50 % over 10 requests.
+        # ≥, not §5.5's ">": the breaker opens *at* its threshold (50 % of 10 requests by default).
         if n == self.cfg.min_requests and failures / n >= self.cfg.failure_threshold:
             return [self._open(f"{failures} of the last {n} requests failed "
                                f"(threshold {self.cfg.failure_threshold:.0%})")]

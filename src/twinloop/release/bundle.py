@@ -1,4 +1,4 @@
-"""Release bundles: one release with its adapters in a single verified file (issue 6 point 1).
+"""Release bundles: one release with its adapters in a single verified file.
 
 A bundle moves a release between data directories (staging → production, or into an archive).
 It is a ``.tar.gz`` holding:

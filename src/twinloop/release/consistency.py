@@ -1,5 +1,5 @@
-"""Is the committed release state consistent? (issue 6: "SIGKILL at each step … leaves a
-consistent registry"). Used by ``twinloop status`` and by the crash tests.
+"""Is the committed release state consistent? A SIGKILL at any step of the release flow must
+leave it so (docs/DESIGN.md "State"). Used by ``twinloop status`` and by the crash tests.
 
 Every invariant the release flow maintains, checked from what is on disk:
 

@@ -1,4 +1,4 @@
-"""The audit log: an append-only, hash-chained event store (DESIGN.md "State"; issue 6 point 2).
+"""The audit log: an append-only, hash-chained event store (docs/DESIGN.md "State").
 
 Every action that changes what users get — ingest, filter decisions, training, QA, canary,
 swap, rollback, approvals, configuration changes — and every failed authentication is one

@@ -1,19 +1,29 @@
-"""Swap and rollback in the registry: which gates a promotion needs, and the pointer moves
-(paper §5.3–5.4; issue 6 points 5, 6 and 8).
+"""Promotion: the one path by which Active moves — swap, rollback, canary start/stop/status
+and approvals (paper §5.2–5.4; docs/DESIGN.md "Releasing").
 
-These functions change only committed state (one SQLite transaction each: the Active pointer,
-its history row, the statuses and the audit event). A serving process then moves its
-in-memory pointer (``serving/service.py``); a process that was down reads the pointer at
-start, so a restart always comes back on the last committed Active release.
+:class:`Promoter` is the library API that both the CLI and the admin API call. Every move
+follows the same steps whoever asks: check the gates, load and verify the target's adapters
+(the caller supplies that check, since loading adapters needs a model), then commit — one
+SQLite transaction holding the Active pointer, its history row, the statuses and the audit
+event. A serving process then moves its in-memory pointer (``serving/control.py``); a
+process that was down reads the pointer at start, so a restart always comes back on the last
+committed Active release.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from twinloop.kernel.crashpoints import crash_point
-from twinloop.kernel.errors import InvalidInputError, TwinLoopError
+from twinloop.kernel.errors import (
+    IntegrityError,
+    InvalidInputError,
+    ModelLoadError,
+    TwinLoopError,
+)
 from twinloop.release.registry import Release, ReleaseRegistry
 
 
@@ -23,6 +33,15 @@ class GateError(TwinLoopError):
     def __init__(self, rid: str, problems: list[str]) -> None:
         super().__init__(f"release {rid} cannot be promoted: " + "; ".join(problems))
         self.problems = problems
+
+
+class ReleaseLoadError(TwinLoopError):
+    """A release's adapters do not load (a corrupt or incompatible artifact): it cannot be
+    promoted, and nothing was committed."""
+
+    def __init__(self, rid: str, cause: Exception) -> None:
+        super().__init__(f"release {rid} cannot be promoted: its adapters do not load: {cause}")
+        self.rid = rid
 
 
 @dataclass
@@ -59,8 +78,7 @@ def changed_domains(registry: ReleaseRegistry, rel: Release, against: str | None
 
 
 def approvals_needed(registry: ReleaseRegistry, domains, rel: Release, against: str | None) -> list[str]:
-    """Domains of ``rel`` whose policy requires a human approval it does not have yet (issue 6
-    point 8): a domain needs one when its adapter changes and its pack says
+    """Domains of ``rel`` whose policy requires a human approval it does not have yet: a domain needs one when its adapter changes and its pack says
     ``approval_required`` (law by default: a regulator-facing answer needs a named reviewer)."""
     if registry.approvals(rel.id):
         return []
@@ -97,9 +115,10 @@ def gate_problems(registry: ReleaseRegistry, domains, rid: str, release_cfg) -> 
     return problems
 
 
-def swap(registry: ReleaseRegistry, domains, rid: str, release_cfg, *, actor: str, reason: str = "",
-         force: bool = False) -> PointerMove:
-    """Make ``rid`` Active in the registry (paper §5.3), after its gates.
+def commit_swap(registry: ReleaseRegistry, domains, rid: str, release_cfg, *, actor: str, reason: str = "",
+                force: bool = False) -> PointerMove:
+    """Make ``rid`` Active in the registry (paper §5.3), after its gates — the commit step of
+    :meth:`Promoter.swap`, which loads the release first; call that instead.
 
     ``force`` skips the QA and canary gates (an operator's emergency fix), never a missing
     approval and never a rolled-back release; the skipped gates are written to the audit event.
@@ -111,9 +130,8 @@ def swap(registry: ReleaseRegistry, domains, rid: str, release_cfg, *, actor: st
     problems = gate_problems(registry, domains, rid, release_cfg)
     skipped: list[str] = []
     if force:
-        hard = [p for p in problems if "approval" in p or "rolled back" in p or "already Active" in p]
-        skipped = [p for p in problems if p not in hard]
-        problems = hard
+        skipped = [p for p in problems if not _hard(p)]
+        problems = [p for p in problems if _hard(p)]
     if problems:
         raise GateError(rid, problems)
     current = registry.pointer("active")
@@ -125,15 +143,16 @@ def swap(registry: ReleaseRegistry, domains, rid: str, release_cfg, *, actor: st
     return PointerMove("swap", previous, rid, actor, reason, force, skipped)
 
 
-def rollback(registry: ReleaseRegistry, *, actor: str, reason: str = "", to: str | None = None,
-             automatic: bool = False) -> PointerMove:
-    """Point Active back at ``to`` (default: the previous Active release; paper §5.4).
+def rollback_target(registry: ReleaseRegistry, to: str | None) -> str:
+    """The release a rollback returns to: ``to``, or the previous Active release.
 
-    The release rolled back from is marked ``rolled_back``, so a later "rollback to the
-    previous" never returns to it and it cannot be swapped in again.
+    A rollback skips the gates because it returns to a release users were already served
+    by; so ``to`` must have been Active before (anything else is a gated swap) and must not
+    have been rolled back itself (docs/DESIGN.md "Releasing").
 
     Raises:
-        InvalidInputError: No previous release, an unknown target, or the target is Active.
+        InvalidInputError: No previous release, an unknown or pruned target, a target that
+            is Active, was never Active, or was rolled back.
     """
     current = registry.pointer("active")
     target = to or registry.previous_active()
@@ -142,6 +161,28 @@ def rollback(registry: ReleaseRegistry, *, actor: str, reason: str = "", to: str
     check_servable(registry, target)
     if target == current:
         raise InvalidInputError(f"release {target} is already Active")
+    if to is not None:
+        if not any(m["release_id"] == target for m in registry.history("active", limit=1_000_000)):
+            raise InvalidInputError(f"release {target} was never Active, so a rollback cannot return to it; "
+                                    "promote it with a swap, which checks its gates")
+        if registry.get(target).status == "rolled_back":
+            raise InvalidInputError(f"release {target} was rolled back; a rollback cannot return to it")
+    return target
+
+
+def commit_rollback(registry: ReleaseRegistry, *, actor: str, reason: str = "", to: str | None = None,
+                    automatic: bool = False) -> PointerMove:
+    """Point Active back at ``to`` (default: the previous Active release; paper §5.4) — the
+    commit step of :meth:`Promoter.rollback`.
+
+    The release rolled back from is marked ``rolled_back``, so a later "rollback to the
+    previous" never returns to it and it cannot be swapped in again.
+
+    Raises:
+        InvalidInputError: See :func:`rollback_target`.
+    """
+    current = registry.pointer("active")
+    target = rollback_target(registry, to)
     status = {target: "active"}
     if current:
         status[current] = "rolled_back"
@@ -151,7 +192,7 @@ def rollback(registry: ReleaseRegistry, *, actor: str, reason: str = "", to: str
     return PointerMove(action, previous, target, actor, reason)
 
 
-# -- canary flow (paper §5.2, issue 6 point 4) ---------------------------------------------------
+# -- canary flow (paper §5.2) ---------------------------------------------------
 
 
 def start_canary(registry: ReleaseRegistry, canaries, rid: str, *, ratio: float, mode: str, salt: str,
@@ -210,3 +251,163 @@ def conclude_canary(registry: ReleaseRegistry, canaries, run, decision, *, actor
                             event="canary.promoted" if passed else "canary.aborted", actor=actor,
                             reason="; ".join(decision.reasons)[:500], conn=conn)
     return finished, report
+
+
+# -- the one promotion path ---------------------------------------------------------------------
+
+Verify = Callable[[str], Any]
+"""``verify(rid)`` loads release ``rid``'s adapters and checks them (SHA-256, PEFT load),
+returning what the caller serves it with; it raises if they do not load. A serving process
+passes its release loader (the view becomes Active); the CLI passes a loader on a scratch
+adapter registry, so ``twinloop swap`` refuses exactly what the API refuses."""
+
+
+@dataclass
+class Move:
+    """A committed swap or rollback, the view :data:`Verify` returned, and where time went."""
+
+    move: PointerMove
+    view: Any
+    load_ms: float
+    commit_ms: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.move.to_dict(), "load_ms": self.load_ms, "commit_ms": self.commit_ms}
+
+
+class Promoter:
+    """Swap, rollback, canary and approvals: the library API behind ``twinloop swap`` and
+    ``POST /v1/admin/swap`` alike, so both check the same gates, load the same way before
+    committing and write the same audit events.
+
+    Args:
+        registry: Releases, pointers and the audit log.
+        canaries: The persisted canary runs (:class:`~twinloop.release.canary.CanaryStore`).
+        domains: Domain policies (which domains need an approval).
+        release_cfg: ``Settings.release`` (which gates a swap needs).
+        canary_cfg: ``Settings.canary`` (default ratio, mode, salt; the decision rule).
+        verify: Loads and checks a release before any pointer names it (:data:`Verify`).
+    """
+
+    def __init__(self, registry: ReleaseRegistry, canaries, domains, release_cfg, canary_cfg, verify: Verify) -> None:
+        self.registry = registry
+        self.canaries = canaries
+        self.domains = domains
+        self.release_cfg = release_cfg
+        self.canary_cfg = canary_cfg
+        self.verify = verify
+
+    def resolve(self, rid: str | None) -> str:
+        """``rid``, or the Shadow pointer's release when none is named.
+
+        Raises:
+            InvalidInputError: Unknown release, or no Shadow candidate yet.
+        """
+        return resolve_candidate(self.registry, rid)
+
+    def swap(self, rid: str | None, *, actor: str, reason: str = "", force: bool = False) -> Move:
+        """Promote ``rid`` (default: Shadow): gates, then load and verify, then commit.
+
+        Raises:
+            GateError: A gate has not passed (nothing was loaded).
+            ReleaseLoadError: The release's adapters do not load (nothing committed).
+            InvalidInputError: Unknown release, or no Shadow candidate.
+        """
+        rid = self.resolve(rid)
+        t0 = time.perf_counter()
+        # Gates first (cheap, and the message an operator needs), then the load check, then
+        # the commit re-checks the gates inside its own read.
+        problems = gate_problems(self.registry, self.domains, rid, self.release_cfg)
+        if force:
+            problems = [p for p in problems if _hard(p)]
+        if problems:
+            raise GateError(rid, problems)
+        view = self._verified(rid)  # a bad artifact must not commit
+        t1 = time.perf_counter()
+        move = commit_swap(self.registry, self.domains, rid, self.release_cfg, actor=actor, reason=reason, force=force)
+        return Move(move, view, (t1 - t0) * 1000, (time.perf_counter() - t1) * 1000)
+
+    def rollback(self, *, actor: str, reason: str = "", to: str | None = None, automatic: bool = False) -> Move:
+        """Point Active back at ``to`` (default: the previous Active release), loaded first.
+
+        Raises:
+            InvalidInputError: See :func:`rollback_target`.
+            ReleaseLoadError: The target's adapters do not load (nothing committed).
+        """
+        t0 = time.perf_counter()
+        target = rollback_target(self.registry, to)
+        view = self._verified(target)
+        t1 = time.perf_counter()
+        move = commit_rollback(self.registry, actor=actor, reason=reason, to=target, automatic=automatic)
+        return Move(move, view, (t1 - t0) * 1000, (time.perf_counter() - t1) * 1000)
+
+    def start_canary(self, rid: str | None, *, actor: str, ratio: float | None = None, mode: str | None = None,
+                     reason: str = ""):
+        """Start a canary of ``rid`` (default: Shadow) against Active; loaded and verified
+        before any user is sent to it."""
+        rid = self.resolve(rid)
+        self._verified(rid)
+        cfg = self.canary_cfg
+        return start_canary(self.registry, self.canaries, rid, ratio=cfg.ratio if ratio is None else ratio,
+                            mode=mode or cfg.mode, salt=cfg.salt, release_cfg=self.release_cfg, actor=actor,
+                            reason=reason)
+
+    def _verified(self, rid: str) -> Any:
+        try:
+            return self.verify(rid)
+        except (IntegrityError, ModelLoadError) as e:
+            raise ReleaseLoadError(rid, e) from e
+
+    def stop_canary(self, *, actor: str) -> dict[str, Any]:
+        """Stop the running canary without a decision; returns its report.
+
+        Raises:
+            InvalidInputError: No canary is running.
+        """
+        run = self.canaries.current()
+        if run is None:
+            raise InvalidInputError("no canary is running")
+        _, report = conclude_canary(self.registry, self.canaries, run, None, actor=actor, stopped=True)
+        return report
+
+    def canary_status(self) -> dict[str, Any]:
+        """The running (or last) canary: per-arm figures and, while it runs, the decision now."""
+        from twinloop.release.canary import decide
+
+        run = self.canaries.current() or next(iter(self.canaries.list(1)), None)
+        if run is None:
+            return {"canary": None}
+        active, shadow = self.canaries.stats(run.id)
+        out = {"canary": run.to_dict(), "active": active.to_dict(), "shadow": shadow.to_dict(), "decision": None}
+        if run.status == "running":
+            out["decision"] = decide(active, shadow, self.canary_cfg).to_dict()
+        return out
+
+    def approve(self, rid: str, *, actor: str, note: str = "") -> dict[str, Any]:
+        """Record ``actor``'s approval of ``rid`` (audited); returns every approval it has.
+
+        Raises:
+            InvalidInputError: Unknown release.
+        """
+        self.registry.approve(rid, actor, note)
+        return {"release": rid, "approvals": self.registry.approvals(rid)}
+
+
+def _hard(problem: str) -> bool:
+    """Gate problems ``force`` never skips: a missing approval, a rolled-back or Active release."""
+    return "approval" in problem or "rolled back" in problem or "already Active" in problem
+
+
+def resolve_candidate(registry: ReleaseRegistry, rid: str | None) -> str:
+    """``rid``, or the Shadow pointer's release when none is named.
+
+    Raises:
+        InvalidInputError: Unknown release, or no Shadow candidate yet.
+    """
+    if rid:
+        registry.get(rid)
+        return rid
+    shadow = registry.pointer("shadow")
+    if shadow is None:
+        raise InvalidInputError("no Shadow candidate yet: train one (twinloop train) or name a release")
+    return shadow

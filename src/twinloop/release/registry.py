@@ -1,14 +1,14 @@
-"""Release records and the Active/Shadow pointers (DESIGN.md "Release"; issue 5 point 4).
+"""Release records and the Active/Shadow pointers (docs/DESIGN.md "Releasing").
 
 A release is immutable: its id is derived from its content (parent, adapter digests, index
 revision, router configuration, lineage), so the same candidate is never recorded twice and
 a snapshot is the release itself. *Active* and *Shadow* are pointers, moved in one SQLite
-transaction each, together with the audit event that records the move (issue 6 point 2),
+transaction each, together with the audit event that records the move,
 so the log and the pointers can never disagree after a crash.
 
 Besides the immutable content a release has mutable *metadata*: its status (where it is in
 the release flow), the reports of its gates (QA, canary), approvals, and the history of
-pointer moves from which "the previous release" of a rollback is read (issue 6 points 5–6).
+pointer moves from which "the previous release" of a rollback is read (paper §5.4).
 """
 
 from __future__ import annotations
@@ -174,7 +174,7 @@ class ReleaseRegistry:
             raise InvalidInputError(f"unknown release status {status!r}; known: {', '.join(STATUSES)}")
         (conn or self.db.conn).execute("UPDATE releases SET status=? WHERE id=?", (status, rid))
 
-    # -- lineage (issue 6 point 1) -----------------------------------------------------------
+    # -- lineage -----------------------------------------------------------------------------
 
     def ancestors(self, rid: str) -> list[Release]:
         """Parent, grandparent, … up to the root (nearest first)."""
@@ -239,7 +239,8 @@ class ReleaseRegistry:
         return found[0] if found else None
 
     def approve(self, rid: str, actor: str, note: str = "") -> None:
-        """Record a human approval (issue 6 point 8); approving twice is one approval."""
+        """Record a human approval (a domain's policy may require one before promotion);
+        approving twice is one approval."""
         self.get(rid)
         with self.db.transaction() as conn:
             cur = conn.execute("INSERT OR IGNORE INTO release_approvals(release_id, actor, at, note) VALUES (?,?,?,?)",

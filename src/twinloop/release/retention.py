@@ -1,5 +1,5 @@
-"""Snapshot retention: which releases and adapter artifacts may be deleted (issue 6 point 1;
-paper, App. A: "Maximum snapshots: 10", 30 days).
+"""Snapshot retention: which releases and adapter artifacts may be deleted (paper,
+App. A: "Maximum snapshots: 10", 30 days).
 
 The rule, read as two caps (an operator who sets "maximum 10 snapshots" expects never to find
 50 on disk after a busy week, and one who sets "30 days" expects a month-old failed candidate

@@ -1,5 +1,4 @@
-"""The post-swap watch: roll back automatically when the new Active degrades (paper §5.4,
-issue 6 point 6).
+"""The post-swap watch: roll back automatically when the new Active degrades (paper §5.4).
 
 After a swap the watch collects the outcome of every request served by the new Active
 release for ``RollbackConfig.watch_s`` seconds; once ``min_requests`` have been seen it

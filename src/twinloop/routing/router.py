@@ -1,4 +1,4 @@
-"""Embedding router with keyword rules (paper §4.1, issue 3 point 6).
+"""Embedding router with keyword rules (paper §4.1; docs/DESIGN.md "Serving").
 
 Each domain's similarity is the cosine between the query and the domain's prototypes — its
 description and example queries, embedded with the retrieval model — averaged over the

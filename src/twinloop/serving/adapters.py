@@ -1,6 +1,6 @@
 """The resident LoRA adapters: one PEFT model, many named adapters, chosen per request.
 
-DESIGN.md "Generation": every resident adapter sits on ONE PEFT model under a unique name
+docs/DESIGN.md "Serving": every resident adapter sits on ONE PEFT model under a unique name
 such as ``law@rel_ab12``; a request picks its adapter per call with
 ``generate(..., adapter_names=[...])`` (PEFT's mixed-adapter batch, ``"__base__"`` for none).
 Nothing here ever switches a global active adapter for serving: ``set_adapter`` is not
@@ -18,13 +18,15 @@ Two locks keep loads and unloads away from generation:
 Refcounts (``acquire``/``release``) cover the time between admission and the end of a
 request: ``unload`` refuses new users at once and waits until the last one has finished, so it
 never breaks an in-flight generation.
+
+Reading an adapter folder and checking it against the base is in
+:mod:`twinloop.serving.adapter_format`; this module keeps adapters resident on the live model.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import logging
 import re
 import threading
@@ -42,15 +44,12 @@ from peft import (
     set_peft_model_state_dict,
 )
 from peft.tuners.tuners_utils import BaseTunerLayer
-from safetensors.torch import load_file
 
 from twinloop.kernel.errors import InvalidInputError, ModelLoadError
+from twinloop.serving.adapter_format import prepare_config, read_adapter_folder
 from twinloop.serving.types import BASE_ADAPTER
 
 log = logging.getLogger(__name__)
-
-CONFIG_FILE = "adapter_config.json"
-WEIGHTS_FILE = "adapter_model.safetensors"
 
 _PEFT_CALL_HOOKS = {"_adapter_names_pre_forward_hook", "_alora_offsets_pre_forward_hook"}
 """PEFT's per-generate-call hooks (peft/tuners/lora/model.py), matched by name."""
@@ -104,7 +103,7 @@ class AdapterInfo:
 
 @dataclass
 class _Record:
-    """One resident adapter: everything about it in one place (STYLE.md, no parallel dicts)."""
+    """One resident adapter: everything about it in one place, not in parallel dicts."""
 
     name: str
     path: str | None
@@ -348,7 +347,7 @@ class AdapterRegistry:
         """
         validate_adapter_name(name)
         folder = Path(path)
-        config, weights = self._read_folder(folder)
+        config, weights = read_adapter_folder(folder, self._module_names)
         return self._install_replacing(name, config, weights, str(folder))
 
     def add(self, name: str, peft_config: LoraConfig) -> AdapterInfo:
@@ -364,7 +363,7 @@ class AdapterRegistry:
         validate_adapter_name(name)
         if not isinstance(peft_config, LoraConfig):
             raise InvalidInputError(f"adapter {name!r}: expected a peft.LoraConfig, got {type(peft_config).__name__}")
-        config = self._prepare_config(copy.deepcopy(peft_config), f"adapter {name!r}")
+        config = prepare_config(copy.deepcopy(peft_config), self._module_names, f"adapter {name!r}")
         return self._install_replacing(name, config, None, None)
 
     def unload(self, name: str, timeout: float | None = None) -> None:
@@ -404,60 +403,6 @@ class AdapterRegistry:
         log.info("unloaded adapter %s", name)
 
     # -- internals ---------------------------------------------------------------------------
-
-    def _read_folder(self, folder: Path) -> tuple[LoraConfig, dict[str, torch.Tensor]]:
-        """Read and check an adapter folder without touching the model (no lock needed)."""
-        if not folder.is_dir():
-            raise ModelLoadError(f"adapter folder not found: {folder}")
-        for file in (CONFIG_FILE, WEIGHTS_FILE):
-            if not (folder / file).is_file():
-                raise ModelLoadError(f"adapter folder {folder} has no {file}")
-        try:
-            raw = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
-            raise ModelLoadError(f"cannot read {folder / CONFIG_FILE}: {e}") from e
-        if not isinstance(raw, dict) or raw.get("peft_type") != "LORA":
-            kind = raw.get("peft_type") if isinstance(raw, dict) else type(raw).__name__
-            raise ModelLoadError(f"{folder / CONFIG_FILE}: not a LoRA adapter (peft_type={kind!r})")
-        try:
-            config = LoraConfig.from_pretrained(str(folder))
-        except (OSError, ValueError, TypeError) as e:
-            raise ModelLoadError(f"cannot read {folder / CONFIG_FILE}: {e}") from e
-        config = self._prepare_config(config, f"adapter folder {folder}")
-        try:
-            weights = load_file(str(folder / WEIGHTS_FILE), device="cpu")
-        except Exception as e:  # safetensors raises its own error types for corrupt files
-            raise ModelLoadError(f"cannot read {folder / WEIGHTS_FILE}: {e}") from e
-        if not weights:
-            raise ModelLoadError(f"{folder / WEIGHTS_FILE} holds no tensors")
-        return config, weights
-
-    def _prepare_config(self, config: Any, what: str) -> LoraConfig:
-        if not isinstance(config, LoraConfig):
-            raise ModelLoadError(f"{what}: not a LoRA adapter ({type(config).__name__})")
-        task = getattr(config.task_type, "value", config.task_type)
-        if task not in (None, "CAUSAL_LM"):
-            raise ModelLoadError(f"{what}: task_type {task!r} is not CAUSAL_LM")
-        # Always a causal-LM wrapper: a plain PeftModel would forward generate() to the base
-        # and silently ignore adapter_names.
-        config.task_type = "CAUSAL_LM"
-        config.inference_mode = True
-        self._check_targets(config.target_modules, what)
-        return config
-
-    def _check_targets(self, targets: Any, what: str) -> None:
-        if targets is None:
-            raise ModelLoadError(f"{what}: target_modules is not set")
-        if isinstance(targets, str):
-            if targets == "all-linear":
-                return
-            if not any(re.fullmatch(targets, n) for n in self._module_names):
-                raise ModelLoadError(f"{what}: target_modules pattern {targets!r} matches no module of the base")
-            return
-        missing = [t for t in sorted(targets) if not any(n == t or n.endswith("." + t) for n in self._module_names)]
-        if missing:
-            leaves = sorted({n.rsplit(".", 1)[-1] for n in self._module_names if "proj" in n})
-            raise ModelLoadError(f"{what}: target modules {missing} not found in the base (it has e.g. {leaves})")
 
     def _install_replacing(
         self, name: str, config: LoraConfig, weights: dict[str, torch.Tensor] | None, path: str | None
@@ -555,7 +500,7 @@ class AdapterRegistry:
         assert self._peft is not None
         # PEFT re-activates its "current" adapter on every add; clearing each layer's active
         # list makes a call without adapter_names the pure base, so only per-call names pick
-        # an adapter (DESIGN.md "Generation").
+        # an adapter (docs/DESIGN.md "Serving").
         for module in self._peft.modules():
             if isinstance(module, BaseTunerLayer):
                 module.set_adapter([], inference_mode=True)

@@ -1,11 +1,12 @@
 """Release control inside a serving process: which release each request is pinned to, and
-how Active moves (issue 6 points 4–7).
+how Active moves (paper §5.2–5.5; docs/DESIGN.md "Releasing").
 
 - **Pinning**: a request reads the Active release once, at admission, and keeps it; with a
   canary running in split mode, users whose hash(user_id + salt) falls under the ratio are
   pinned to the candidate instead (paper §5.2).
-- **Swap / rollback**: the registry commits the pointer move (one transaction with its
-  audit event), then the in-memory pointer moves under a lock — a reference assignment, so
+- **Swap / rollback**: the :class:`~twinloop.release.promotion.Promoter` checks the gates,
+  loads the target and commits the pointer move (one transaction with its audit event),
+  then the in-memory pointer moves under a lock — a reference assignment, so
   in-flight requests finish on the release they were admitted with. The candidate's
   adapters are loaded *before* the commit, and the previous release stays resident, so both
   directions are instant (paper §5.3–5.4).
@@ -20,17 +21,18 @@ how Active moves (issue 6 points 4–7).
 
 from __future__ import annotations
 
-import getpass
 import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from twinloop.kernel.crashpoints import crash_point
 from twinloop.release import promotion
 from twinloop.release.breaker import BreakerState, CircuitBreaker
 from twinloop.release.canary import CanaryStore, assign_arm, decide
+from twinloop.release.promotion import Promoter
 from twinloop.release.watch import LatencyWindow, RollbackWatch
 from twinloop.serving.faults import Fault, FaultInjector
 from twinloop.serving.release import ReleaseLoader, ServingRelease
@@ -41,26 +43,50 @@ CANARY_EVAL_EVERY = 10
 """Observations between canary decisions (each reads the arm statistics from SQLite)."""
 
 
-def cli_actor() -> str:
-    """The actor of a command run from a shell: ``cli:<login name>``."""
-    try:
-        return f"cli:{getpass.getuser()}"
-    except Exception:  # no login name in some containers
-        return "cli:unknown"
+def scratch_promoter(settings, registry, domains, foundation: Callable[[], Any], embedder: Callable[[], Any]
+                     ) -> Promoter:
+    """The :class:`Promoter` of a process that serves nothing (the CLI).
+
+    Before committing, it loads the target release's adapters onto a scratch adapter registry
+    on this process's base model — the check a server makes — so ``twinloop swap`` refuses
+    exactly what ``POST /v1/admin/swap`` refuses. ``foundation`` and ``embedder`` are called
+    only when a release must be loaded (a canary stop or an approval loads no model).
+    """
+    from twinloop.serving.adapters import AdapterRegistry
+
+    loader: list[ReleaseLoader] = []
+
+    def verify(rid: str) -> ServingRelease:
+        if not loader:
+            loader.append(ReleaseLoader(registry, AdapterRegistry(foundation()), embedder(),
+                                        follow_index=settings.serving.follow_index))
+        return loader[0].load(rid)
+
+    return Promoter(registry, CanaryStore(registry.db), domains, settings.release, settings.canary, verify=verify)
 
 
 class ReleaseControl:
     """Active/Shadow pinning, swap, rollback, canary, breaker and watch of one server."""
 
-    def __init__(self, runtime, adapters) -> None:
-        self.runtime = runtime
-        self.settings = runtime.settings
-        self.registry = runtime.releases
-        self.events = runtime.events
-        self.domains = runtime.domains
-        self.canaries = CanaryStore(runtime.db)
-        self.loader = ReleaseLoader(self.registry, adapters, runtime.embedder,
-                                    follow_index=self.settings.serving.follow_index)
+    def __init__(self, settings, registry, domains, loader: ReleaseLoader, *, active_id: str) -> None:
+        """
+        Args:
+            settings: The process's settings (release, canary, breaker, rollback sections).
+            registry: Release records, pointers and the audit log (the process's one instance).
+            domains: Domain policies (approvals).
+            loader: Makes releases servable on this process's engine (adapters resident).
+            active_id: The committed Active release to start on.
+        """
+        self.settings = settings
+        self.registry = registry
+        self.events = registry.events
+        self.domains = domains
+        self.canaries = CanaryStore(registry.db)
+        self.loader = loader
+        # The one promotion path (release/promotion.py): the CLI uses the same Promoter with a
+        # scratch loader, so both refuse the same releases with the same messages.
+        self.promoter = Promoter(registry, self.canaries, domains, settings.release, settings.canary,
+                                 verify=loader.load)
         self.faults = FaultInjector()
         self.breaker = CircuitBreaker(self.settings.breaker, on_change=self._breaker_changed)
         self._lock = threading.RLock()
@@ -71,9 +97,7 @@ class ReleaseControl:
         self._watch: RollbackWatch | None = None
         self._since_eval = 0
         self._last_move: dict[str, Any] | None = None
-        base = self.registry.ensure_base(runtime.router.spec.to_json(), runtime.knowledge.current_revision(),
-                                         runtime.foundation.name)
-        self._active = self.loader.load(self.registry.pointer("active") or base.id)
+        self._active = self.loader.load(active_id)
         self._canary = None
         self._shadow: ServingRelease | None = None
         self._sync_canary()
@@ -257,7 +281,7 @@ class ReleaseControl:
 
     # -- moves -------------------------------------------------------------------------------
 
-    def swap(self, rid: str, *, actor: str, reason: str = "", force: bool = False) -> dict[str, Any]:
+    def swap(self, rid: str | None, *, actor: str, reason: str = "", force: bool = False) -> dict[str, Any]:
         """Promote ``rid`` (gates checked by the registry), then move the in-memory pointer.
 
         Returns the move with ``commit_ms`` (registry transaction) and ``switch_ms`` (pointer move).
@@ -266,20 +290,14 @@ class ReleaseControl:
             return self._swap(rid, actor=actor, reason=reason, force=force)
 
     def _swap(self, rid: str, *, actor: str, reason: str, force: bool) -> dict[str, Any]:
-        t0 = time.perf_counter()
-        promotion.check_servable(self.registry, rid)
-        view = self.loader.load(rid)  # verify and load first: a bad artifact must not commit
-        t1 = time.perf_counter()
-        move = promotion.swap(self.registry, self.domains, rid, self.settings.release, actor=actor, reason=reason,
-                              force=force)
+        done = self.promoter.swap(rid, actor=actor, reason=reason, force=force)
         crash_point("swap.after_commit")
-        t2 = time.perf_counter()
+        t0 = time.perf_counter()
         with self._lock:
-            old, self._active = self._active, view
-        t3 = time.perf_counter()
-        self._after_move(rid, old.id, watch=True)
-        return {**move.to_dict(), "load_ms": (t1 - t0) * 1000, "commit_ms": (t2 - t1) * 1000,
-                "switch_ms": (t3 - t2) * 1000}
+            old, self._active = self._active, done.view
+        switch_ms = (time.perf_counter() - t0) * 1000
+        self._after_move(done.move.to_release, old.id, watch=True)
+        return {**done.to_dict(), "switch_ms": switch_ms}
 
     def rollback(self, *, actor: str, reason: str = "", to: str | None = None,
                  automatic: bool = False) -> dict[str, Any]:
@@ -288,22 +306,15 @@ class ReleaseControl:
             return self._rollback(actor=actor, reason=reason, to=to, automatic=automatic)
 
     def _rollback(self, *, actor: str, reason: str, to: str | None, automatic: bool) -> dict[str, Any]:
-        t0 = time.perf_counter()
-        target = to or self.registry.previous_active()
-        if target is not None:
-            promotion.check_servable(self.registry, target)
-        view = self.loader.load(target) if target else None
-        t1 = time.perf_counter()
-        move = promotion.rollback(self.registry, actor=actor, reason=reason, to=target, automatic=automatic)
+        done = self.promoter.rollback(actor=actor, reason=reason, to=to, automatic=automatic)
         crash_point("rollback.after_commit")
-        t2 = time.perf_counter()
+        t0 = time.perf_counter()
         with self._lock:
-            old, self._active = self._active, view
-        t3 = time.perf_counter()
-        self._after_move(move.to_release, old.id, watch=False)
+            old, self._active = self._active, done.view
+        switch_ms = (time.perf_counter() - t0) * 1000
+        self._after_move(done.move.to_release, old.id, watch=False)
         self.breaker.reset()
-        return {**move.to_dict(), "load_ms": (t1 - t0) * 1000, "commit_ms": (t2 - t1) * 1000,
-                "switch_ms": (t3 - t2) * 1000}
+        return {**done.to_dict(), "switch_ms": switch_ms}
 
     def _after_move(self, new_id: str, old_id: str, *, watch: bool) -> None:
         with self._lock:
@@ -327,23 +338,14 @@ class ReleaseControl:
 
     # -- canary ------------------------------------------------------------------------------
 
-    def start_canary(self, rid: str, *, actor: str, ratio: float | None = None, mode: str | None = None,
+    def start_canary(self, rid: str | None, *, actor: str, ratio: float | None = None, mode: str | None = None,
                      reason: str = ""):
-        cfg = self.settings.canary
-        self.loader.load(rid)  # verified before any user is sent to it
-        run = promotion.start_canary(self.registry, self.canaries, rid, ratio=ratio if ratio is not None else cfg.ratio,
-                                     mode=mode or cfg.mode, salt=cfg.salt, release_cfg=self.settings.release,
-                                     actor=actor, reason=reason)
+        run = self.promoter.start_canary(rid, actor=actor, ratio=ratio, mode=mode, reason=reason)
         self._sync_canary()
         return run
 
     def stop_canary(self, *, actor: str) -> dict[str, Any]:
-        run = self.canaries.current()
-        if run is None:
-            from twinloop.kernel.errors import InvalidInputError
-
-            raise InvalidInputError("no canary is running")
-        _, report = promotion.conclude_canary(self.registry, self.canaries, run, None, actor=actor, stopped=True)
+        report = self.promoter.stop_canary(actor=actor)
         self._sync_canary()
         return report
 
@@ -369,14 +371,7 @@ class ReleaseControl:
                 log.info("canary passed; swap waits: %s", "; ".join(problems))
 
     def canary_status(self) -> dict[str, Any]:
-        run = self.canaries.current() or next(iter(self.canaries.list(1)), None)
-        if run is None:
-            return {"canary": None}
-        active, shadow = self.canaries.stats(run.id)
-        out = {"canary": run.to_dict(), "active": active.to_dict(), "shadow": shadow.to_dict()}
-        if run.status == "running":
-            out["decision"] = decide(active, shadow, self.settings.canary).__dict__
-        return out
+        return self.promoter.canary_status()
 
     # -- faults and status -------------------------------------------------------------------
 

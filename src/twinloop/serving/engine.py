@@ -1,6 +1,6 @@
 """The generation engine: one worker thread turning waiting requests into mixed-adapter batches.
 
-Issue 4 point 4, DESIGN.md "Generation". Callers ``submit`` a :class:`GenRequest` and get a
+See docs/DESIGN.md "Serving". Callers ``submit`` a :class:`GenRequest` and get a
 :class:`Pending` handle at once (prompt already encoded, adapter already held); the worker
 takes the oldest waiting request, waits up to ``max_wait_ms`` for more that share its sampling
 mode, and runs them as ONE ``generate`` call with a per-row ``adapter_names`` list (``__base__``
@@ -11,29 +11,26 @@ as tokens arrive, so a row that ends early is answered before the batch finishes
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import contextlib
 import logging
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterator
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from transformers import StoppingCriteria, StoppingCriteriaList
-from transformers.generation.streamers import BaseStreamer
+from transformers import StoppingCriteriaList
 
 from twinloop.foundation.model import left_pad
 from twinloop.kernel.config import ServingConfig
 from twinloop.kernel.errors import InvalidInputError, TwinLoopError
 from twinloop.serving.adapters import AdapterRegistry
-from twinloop.serving.types import BASE_ADAPTER, GenRequest, GenResult
+from twinloop.serving.batch import _Row, _RowStops, _RowStreamer
+from twinloop.serving.pending import Pending, _Detokenizer, _wake  # noqa: F401  (_Detokenizer: tests)
+from twinloop.serving.types import BASE_ADAPTER, GenRequest, check_max_tokens
 
 log = logging.getLogger(__name__)
 
-FinishReason = Literal["stop", "length", "timeout", "cancelled"]
 _SWEEP_INTERVAL_S = 0.05
 """How often a running batch looks for queued requests whose deadline passed, so they are
 answered "timeout" near their deadline rather than when the batch ends."""
@@ -49,325 +46,6 @@ class QueueFullError(TwinLoopError):
 
 class EngineStoppedError(TwinLoopError):
     """The engine was stopped and takes no more requests (HTTP 503)."""
-
-
-class _Detokenizer:
-    """Incremental decoding that never splits a multi-byte character.
-
-    The offsets trick of text-generation-inference: decode a short window ending at the new
-    token and emit only what extends the previous window's text, holding back while the
-    text ends in U+FFFD (an incomplete UTF-8 sequence). Work per token is O(window), not
-    O(answer) as re-decoding everything would be.
-    """
-
-    def __init__(self, tokenizer: Any) -> None:
-        self._tok = tokenizer
-        self.ids: list[int] = []
-        self._prefix = 0
-        self._read = 0
-
-    def _decode(self, ids: list[int]) -> str:
-        return self._tok.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
-
-    def push(self, token: int) -> str:
-        self.ids.append(token)
-        prefix_text = self._decode(self.ids[self._prefix : self._read])
-        new_text = self._decode(self.ids[self._prefix :])
-        if len(new_text) > len(prefix_text) and not new_text.endswith("\ufffd"):
-            self._prefix, self._read = self._read, len(self.ids)
-            return new_text[len(prefix_text) :]
-        return ""
-
-    def flush(self) -> str:
-        """Whatever is held back (e.g. a truncated character) at the end of the answer."""
-        prefix_text = self._decode(self.ids[self._prefix : self._read])
-        new_text = self._decode(self.ids[self._prefix :])
-        self._prefix = self._read = len(self.ids)
-        return new_text[len(prefix_text) :] if len(new_text) > len(prefix_text) else ""
-
-
-class Pending:
-    """A submitted request: stream its text, wait for its result, or cancel it.
-
-    Thread-safe; any number of consumers may stream the same request, each from the start.
-    """
-
-    def __init__(self, engine: GenerationEngine, request: GenRequest, prompt: list[int], timeout_s: float) -> None:
-        self.request = request
-        self.request_id = request.request_id
-        self.adapter = request.adapter
-        self.prompt_tokens = len(prompt)
-        self._engine = engine
-        self._prompt = prompt
-        self._submitted = time.monotonic()
-        self._deadline = self._submitted + timeout_s
-        self._started: float | None = None
-        self._future: concurrent.futures.Future[GenResult] = concurrent.futures.Future()
-        # RUNNING, so that the future cannot be cancelled from outside (asyncio.wrap_future
-        # would otherwise cancel it when an awaiting task is cancelled); cancel() is ours.
-        self._future.set_running_or_notify_cancel()
-        self._cond = threading.Condition()
-        self._deltas: list[str] = []
-        self._listeners: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
-        self._cancel_requested = False
-        self._queued = True
-        self._finishing = False
-        self._token_ids: tuple[int, ...] | None = None
-
-    # -- consumer side -----------------------------------------------------------------------
-
-    @property
-    def token_ids(self) -> tuple[int, ...] | None:
-        """Generated token ids (end of turn excluded) once finished; None before, or on failure."""
-        return self._token_ids
-
-    def done(self) -> bool:
-        """True once the result (or error) is available."""
-        return self._future.done()
-
-    def add_done_callback(self, fn) -> None:
-        """Call ``fn(result_or_None, error_or_None)`` once the request ends (at once if it has).
-
-        Runs on the engine's thread: keep it short and never call the engine from it.
-        """
-        def done(fut: concurrent.futures.Future) -> None:
-            err = fut.exception()
-            fn(None if err else fut.result(), err)
-
-        self._future.add_done_callback(done)
-
-    def result(self, timeout: float | None = None) -> GenResult:
-        """Block until the request ends and return its result.
-
-        Raises:
-            TimeoutError: Not finished within ``timeout`` seconds (the request goes on).
-            Exception: Whatever ``generate`` raised for its batch.
-        """
-        return self._future.result(timeout)
-
-    async def aresult(self) -> GenResult:
-        """Await the result without blocking the event loop; cancels the request if the
-        awaiting task is cancelled (the HTTP client went away)."""
-        try:
-            return await asyncio.wrap_future(self._future)
-        except asyncio.CancelledError:
-            self.cancel()
-            raise
-
-    def stream(self) -> Iterator[str]:
-        """Yield text deltas as they are generated; they concatenate to the final text.
-
-        Ends when the request ends; re-raises the batch's error if generation failed.
-        """
-        i = 0
-        while True:
-            with self._cond:
-                while i >= len(self._deltas) and not self._future.done():
-                    self._cond.wait()
-                chunk = self._deltas[i:]
-                finished = self._future.done()
-            i += len(chunk)
-            yield from chunk
-            if finished:
-                break
-        self._raise_failure()
-
-    async def astream(self) -> AsyncIterator[str]:
-        """Async version of :meth:`stream` for asyncio servers (FastAPI SSE).
-
-        The worker thread wakes this coroutine with ``loop.call_soon_threadsafe``; it never
-        blocks the event loop.
-        """
-        loop = asyncio.get_running_loop()
-        event = asyncio.Event()
-        with self._cond:
-            self._listeners.append((loop, event))
-        try:
-            i = 0
-            while True:
-                event.clear()  # before reading, so a delta arriving after the read re-sets it
-                with self._cond:
-                    chunk = self._deltas[i:]
-                    finished = self._future.done()
-                i += len(chunk)
-                for delta in chunk:
-                    yield delta
-                if finished:
-                    break
-                if not chunk:
-                    await event.wait()
-        finally:
-            with self._cond:
-                with contextlib.suppress(ValueError):
-                    self._listeners.remove((loop, event))
-        self._raise_failure()
-
-    def cancel(self) -> bool:
-        """Stop the request: at once if still queued, else at its batch's next step.
-
-        Its result then has ``finish_reason='cancelled'`` and the text produced so far.
-        Returns False if it had already finished.
-        """
-        return self._engine._cancel(self)
-
-    def _raise_failure(self) -> None:
-        exc = self._future.exception()
-        if exc is not None:
-            raise exc
-
-    # -- engine side -------------------------------------------------------------------------
-
-    def _push(self, delta: str) -> None:
-        with self._cond:
-            self._deltas.append(delta)
-            self._cond.notify_all()
-            listeners = list(self._listeners)
-        _wake(listeners)
-
-    def _text(self) -> str:
-        with self._cond:
-            return "".join(self._deltas)
-
-    def _complete(self, result: GenResult | None, error: BaseException | None = None) -> None:
-        with self._cond:
-            if self._finishing:
-                return
-            self._finishing = True
-        # Give the adapter back first, so whoever sees the result also sees the hold released
-        # (an unload waiting on it can proceed as soon as the caller has its answer).
-        self._engine.adapters.release(self.adapter)
-        with self._cond:
-            if error is not None:
-                self._future.set_exception(error)
-            else:
-                self._future.set_result(result)
-            self._cond.notify_all()
-            listeners = list(self._listeners)
-        _wake(listeners)
-
-    def _finish_unrun(self, reason: FinishReason) -> None:
-        """End without generating (timeout while queued, cancelled, engine stopped)."""
-        queued = time.monotonic() - self._submitted
-        if not self._finishing:
-            self._token_ids = ()
-        self._complete(GenResult(self.request_id, "", self.prompt_tokens, 0, reason, queued, 0.0, 0, self.adapter))
-
-
-def _wake(listeners: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]]) -> None:
-    for loop, event in listeners:
-        with contextlib.suppress(RuntimeError):  # that loop is closed: nobody to wake
-            loop.call_soon_threadsafe(event.set)
-
-
-class _Row:
-    """One request inside a running batch: its tokens, text and how it ended."""
-
-    def __init__(self, job: Pending, tokenizer: Any, stop_ids: frozenset[int], batch_start: float, batch_size: int):
-        self.job = job
-        self.limit = job.request.max_new_tokens
-        self.stop_ids = stop_ids
-        self.detok = _Detokenizer(tokenizer)
-        self.batch_start = batch_start
-        self.batch_size = batch_size
-        self.finish: FinishReason | None = None
-        self.stop_requested: FinishReason | None = None
-        self._text_started = False
-
-    def step(self, token: int) -> None:
-        """Take this row's token of one decoding step (ignored once the row has ended)."""
-        if self.finish is not None:
-            return
-        if token in self.stop_ids:
-            self.end("stop")
-            return
-        self._emit(self.detok.push(token))
-        if len(self.detok.ids) >= self.limit:
-            self.end("length")
-        elif self.stop_requested is not None:
-            self.end(self.stop_requested)
-
-    def _emit(self, delta: str) -> None:
-        if not self._text_started:
-            # Leading whitespace is dropped, as Foundation.chat strips it; the streamed deltas
-            # still concatenate exactly to the final text.
-            delta = delta.lstrip()
-            self._text_started = bool(delta)
-        if delta:
-            self.job._push(delta)
-
-    def end(self, reason: FinishReason) -> None:
-        if self.finish is not None:
-            return
-        self.finish = reason
-        self._emit(self.detok.flush())
-        self.job._token_ids = tuple(self.detok.ids)
-        job = self.job
-        queued = (job._started if job._started is not None else job._submitted) - job._submitted
-        result = GenResult(
-            request_id=job.request_id,
-            text=job._text(),
-            prompt_tokens=job.prompt_tokens,
-            completion_tokens=len(self.detok.ids),
-            finish_reason=reason,
-            queue_seconds=queued,
-            generate_seconds=time.perf_counter() - self.batch_start,
-            batch_size=self.batch_size,
-            adapter=job.adapter,
-        )
-        job._complete(result)
-
-
-class _RowStreamer(BaseStreamer):
-    """Receives each decoding step's (batch,) tokens and hands each row its own token."""
-
-    def __init__(self, rows: list[_Row]) -> None:
-        self.rows = rows
-        self._prompt_seen = False
-
-    def put(self, value: torch.Tensor) -> None:
-        if not self._prompt_seen:  # generate() first puts the (batch, seq) prompt
-            self._prompt_seen = True
-            return
-        steps = value.reshape(len(self.rows), -1).tolist()  # (batch, tokens this step), usually 1
-        for row, tokens in zip(self.rows, steps, strict=True):
-            for t in tokens:
-                row.step(t)
-
-    def end(self) -> None:
-        pass
-
-
-class _RowStops(StoppingCriteria):
-    """Per-row stop: own ``max_new_tokens``, end of turn, deadline, cancellation.
-
-    Returns a (batch,) bool tensor, so one row ending leaves the others running.
-    """
-
-    def __init__(self, rows: list[_Row], width: int, stop_ids: frozenset[int], on_step: Any) -> None:
-        self.rows = rows
-        self.width = width
-        self.stop_ids = stop_ids
-        self.on_step = on_step
-
-    def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
-        generated = input_ids.shape[1] - self.width
-        now = time.monotonic()
-        last = input_ids[:, -1].tolist()  # (batch,)
-        out = []
-        for row, token in zip(self.rows, last, strict=True):
-            if row.finish is None and row.stop_requested is None:
-                if row.job._cancel_requested:
-                    row.stop_requested = "cancelled"
-                elif now >= row.job._deadline:
-                    row.stop_requested = "timeout"
-            out.append(
-                row.finish is not None
-                or row.stop_requested is not None
-                or generated >= row.limit
-                or token in self.stop_ids
-            )
-        self.on_step(now)
-        return torch.tensor(out, dtype=torch.bool, device=input_ids.device)
 
 
 class GenerationEngine:
@@ -474,11 +152,7 @@ class GenerationEngine:
         """
         if not isinstance(req, GenRequest):
             raise InvalidInputError(f"expected a GenRequest, got {type(req).__name__}")
-        limit = self.config.max_new_tokens_limit
-        if isinstance(req.max_new_tokens, bool) or not isinstance(req.max_new_tokens, int):
-            raise InvalidInputError(f"max_new_tokens must be an integer, got {req.max_new_tokens!r}")
-        if not 1 <= req.max_new_tokens <= limit:
-            raise InvalidInputError(f"max_new_tokens must be between 1 and {limit}, got {req.max_new_tokens}")
+        check_max_tokens(req.max_new_tokens, self.config.max_new_tokens_limit, "max_new_tokens")
         if not req.temperature >= 0:
             raise InvalidInputError(f"temperature must be >= 0, got {req.temperature!r}")
         if req.top_p is not None and not 0 < req.top_p <= 1:
@@ -499,7 +173,7 @@ class GenerationEngine:
                 raise QueueFullError(
                     f"generation queue is full ({depth} waiting); retry after {retry:.1f} s", retry
                 )
-            # Held from admission, so an unload waits for this request (issue 4).
+            # Held from admission, so an unload waits for this request.
             self.adapters.acquire(req.adapter)
             job = Pending(self, req, prompt, timeout_s)
             self._queue.append(job)

@@ -1,5 +1,5 @@
-"""Fault injection for one release (issue 6 "automatic rollback fires on injected errors";
-issue 7's demo): make a share of its requests fail, or slow them down, on purpose.
+"""Fault injection for one release: make a share of its requests fail, or slow them down, on
+purpose, so the tests and the demo can show automatic rollback firing on injected errors.
 
 This is how an operator rehearses the safety net — does the breaker open, does the watch
 roll back — without breaking a real adapter (the same idea as Envoy's fault filter). Faults

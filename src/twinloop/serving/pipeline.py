@@ -1,7 +1,7 @@
 """The answer pipeline of one release: route → retrieve → prompt → generate → verify.
 
-Issue 4 points 1–2. A request is pinned to the release that was Active when it was
-admitted (DESIGN.md "Serving"): its router, index revision and adapters, so a swap never
+A request is pinned to the release that was Active when it was admitted (docs/DESIGN.md
+"Serving"): its router, index revision and adapters, so a swap never
 changes an answer half-way. The pipeline is split into :meth:`AnswerPipeline.prepare` (route,
 retrieve, build the prompt) and :meth:`AnswerPipeline.finish` (verify, build the record, log
 it) around the engine's generation, so the same steps serve blocking, async and streaming
@@ -28,6 +28,7 @@ from twinloop.serving.types import (
     Citation,
     GenRequest,
     GenResult,
+    check_max_tokens,
     new_request_id,
 )
 
@@ -41,7 +42,7 @@ GENERAL_SYSTEM_PROMPT = "You are a helpful assistant. Answer briefly and accurat
 
 @dataclass(frozen=True)
 class AnswerRequest:
-    """A ``/v1/answer`` request (issue 4 point 5)."""
+    """A ``/v1/answer`` request."""
 
     query: str
     user_id: str | None = None
@@ -95,9 +96,7 @@ class AnswerPipeline:
         if len(req.query) > self.max_query_chars:
             raise InvalidInputError(f"query is {len(req.query)} characters, over the limit of {self.max_query_chars}")
         max_tokens = req.max_tokens if req.max_tokens is not None else self.config.answer_max_new_tokens
-        if not 1 <= max_tokens <= self.config.max_new_tokens_limit:
-            raise InvalidInputError(f"max_tokens = {max_tokens}: must be between 1 and "
-                                    f"{self.config.max_new_tokens_limit}")
+        check_max_tokens(max_tokens, self.config.max_new_tokens_limit)
         day = parse_date(req.as_of) if req.as_of else date.today()
         timings: dict[str, float] = {}
 

@@ -1,6 +1,6 @@
 """What a request is pinned to while it is served: one release's router, index and adapters.
 
-The persistent, content-addressed release registry (issue 6) records releases; the
+The persistent, content-addressed release registry records releases; the
 :class:`ReleaseLoader` turns one into a :class:`ServingRelease` (adapters resident under
 release-scoped names, router built from the release's own configuration).
 """
@@ -33,9 +33,9 @@ class ServingRelease:
 class ReleaseLoader:
     """Makes registry releases servable: their adapters resident, their router built.
 
-    Adapters are loaded from the artifact store (SHA-256 verified on every load, issue 6
-    point 1) under ``<domain>@<release id>``, so two releases never share a name and a swap
-    or rollback only changes which names requests ask for (STYLE.md §4). Routers are cached
+    Adapters are loaded from the artifact store (SHA-256 verified on every load) under
+    ``<domain>@<release id>``, so two releases never share a name and a swap or rollback only
+    changes which names requests ask for. Routers are cached
     by digest: releases made by training share their parent's router.
     """
 

@@ -1,22 +1,20 @@
-"""The request log and user feedback, joined by request id (issue 4 point 5).
+"""The request log: every answered request with the release that answered it.
 
-Every answered request is recorded with the release that answered it, so feedback on it can
-later be traced to a release and used by Shadow (issue 5) together with the question and
-the answer. User ids are stored only as salted SHA-256 digests. Question, answer and
-correction text are PII-redacted before they are written (issue 5: nothing personal reaches
-storage), and never appear in the process logs.
+Feedback names a request by its id; the learning loop keeps a snapshot of the request with
+the feedback (``learning/feedback.py``), so it can be traced to a release and trained on
+without reading this table. User ids are stored only as salted SHA-256 digests. Question and
+answer are PII-redacted before they are written (nothing personal reaches storage), and
+never appear in the process logs.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
 from typing import Any
 
 from twinloop.kernel.clock import now_iso
 from twinloop.kernel.db import Database
-from twinloop.kernel.errors import InvalidInputError, TwinLoopError
 from twinloop.kernel.pii import PiiRedactor
 
 SCHEMA = """
@@ -37,37 +35,12 @@ CREATE TABLE IF NOT EXISTS requests(
     latency_ms REAL,
     error TEXT
 );
-CREATE INDEX IF NOT EXISTS requests_created ON requests(created_at);
-CREATE TABLE IF NOT EXISTS feedback(
-    id INTEGER PRIMARY KEY,
-    request_id TEXT NOT NULL REFERENCES requests(request_id),
-    created_at TEXT NOT NULL,
-    score REAL NOT NULL,
-    correction TEXT,
-    actor TEXT,
-    status TEXT NOT NULL DEFAULT 'new'
-);
-CREATE INDEX IF NOT EXISTS feedback_request ON feedback(request_id)
+CREATE INDEX IF NOT EXISTS requests_created ON requests(created_at)
 """
-
-MAX_CORRECTION_CHARS = 8000
-
-
-class UnknownRequestError(TwinLoopError):
-    """Feedback names a request id that was never logged."""
-
-
-@dataclass(frozen=True)
-class FeedbackRecord:
-    id: int
-    request_id: str
-    score: float
-    correction: str | None
-    created_at: str
 
 
 class RequestLog:
-    """Append-mostly log of answered requests and the feedback on them."""
+    """Append-mostly log of answered requests."""
 
     def __init__(self, db: Database, salt: str = "twinloop") -> None:
         self.db = db
@@ -102,48 +75,3 @@ class RequestLog:
     def get(self, request_id: str) -> dict[str, Any] | None:
         row = self.db.conn.execute("SELECT * FROM requests WHERE request_id=?", (request_id,)).fetchone()
         return dict(row) if row else None
-
-    def add_feedback(self, request_id: str, score: float, correction: str | None = None,
-                     actor: str | None = None) -> FeedbackRecord:
-        """Store feedback on a logged request.
-
-        Raises:
-            UnknownRequestError: ``request_id`` was never answered here.
-            InvalidInputError: Score outside [-1, 1] or an over-long correction.
-        """
-        if not isinstance(score, (int, float)) or isinstance(score, bool) or not -1.0 <= float(score) <= 1.0:
-            raise InvalidInputError(f"score = {score!r}: must be a number from -1 (bad) to 1 (good)")
-        if correction is not None and len(correction) > MAX_CORRECTION_CHARS:
-            raise InvalidInputError(f"correction is {len(correction)} characters, over {MAX_CORRECTION_CHARS}")
-        correction = self._redact(correction)
-        now = now_iso()
-        with self.db.transaction() as conn:
-            if conn.execute("SELECT 1 FROM requests WHERE request_id=?", (request_id,)).fetchone() is None:
-                raise UnknownRequestError(f"unknown request_id {request_id!r}")
-            fid = conn.execute(
-                "INSERT INTO feedback(request_id, created_at, score, correction, actor) VALUES (?,?,?,?,?)",
-                (request_id, now, float(score), correction, actor),
-            ).lastrowid
-        return FeedbackRecord(int(fid), request_id, float(score), correction, now)
-
-    def feedback_joined(self, status: str | None = None, limit: int = 1000,
-                        feedback_id: int | None = None) -> list[dict[str, Any]]:
-        """Feedback rows with their request's question, answer, domains and release."""
-        sql = ("SELECT f.id, f.request_id, f.created_at, f.score, f.correction, f.status, r.query, r.answer,"
-               " r.domains, r.release_id, r.adapter FROM feedback f JOIN requests r USING (request_id)")
-        conds, params = [], []
-        if status is not None:
-            conds.append("f.status = ?")
-            params.append(status)
-        if feedback_id is not None:
-            conds.append("f.id = ?")
-            params.append(feedback_id)
-        if conds:
-            sql += " WHERE " + " AND ".join(conds)
-        sql += " ORDER BY f.id LIMIT ?"
-        rows = self.db.conn.execute(sql, (*params, limit)).fetchall()
-        return [dict(r) | {"domains": json.loads(r["domains"])} for r in rows]
-
-    def set_feedback_status(self, feedback_id: int, status: str) -> None:
-        with self.db.transaction() as conn:
-            conn.execute("UPDATE feedback SET status=? WHERE id=?", (status, feedback_id))

@@ -1,4 +1,4 @@
-"""The serving facade: what the HTTP API and the CLI call (STYLE.md §2).
+"""The serving facade: what the HTTP API and the CLI call to answer (the Active loop).
 
 Owns the process's engine, adapter registry, request log and release control (Active,
 canary, breaker, rollback watch: ``serving/control.py``). Route functions translate HTTP to
@@ -18,14 +18,14 @@ from typing import Any
 
 from twinloop import __version__
 from twinloop.kernel.errors import InvalidInputError, TwinLoopError
+from twinloop.kernel.toxicity import ToxicityScorer
 from twinloop.knowledge.store import IngestReport
-from twinloop.learning.intake import FeedbackIntake
 from twinloop.runtime import Runtime
 from twinloop.serving.control import ReleaseControl
 from twinloop.serving.engine import QueueFullError
 from twinloop.serving.pipeline import AnswerPipeline, AnswerRequest
-from twinloop.serving.release import ServingRelease
-from twinloop.serving.requestlog import FeedbackRecord, RequestLog
+from twinloop.serving.release import ReleaseLoader, ServingRelease
+from twinloop.serving.requestlog import RequestLog
 from twinloop.serving.types import AnswerRecord, Citation, GenRequest, new_request_id
 
 log = logging.getLogger(__name__)
@@ -63,23 +63,24 @@ class Service:
         self.settings = runtime.settings
         self.started_at = time.time()
         self.requestlog = RequestLog(runtime.db, salt=self.settings.canary.salt)
-        # Built once: its filter pipeline loads word lists and compiles patterns.
-        self.intake = FeedbackIntake(runtime.db, runtime.domains)
         self.adapters = AdapterRegistry(runtime.foundation)
         self.engine = GenerationEngine(runtime.foundation, self.adapters, self.settings.serving)
         self.pipeline = AnswerPipeline(runtime.retriever, runtime.domains, self.requestlog, self.settings.serving,
                                        max_query_chars=self.settings.api.max_query_chars)
         # Mirror traffic (canary mode "mirror") is answered and thrown away: its pipeline
         # logs to memory only, so the request log keeps one record per user request.
-        from twinloop.release.qa import DryRunLog
+        from twinloop.serving.dryrun import DryRunLog
 
         self._mirror_pipeline = AnswerPipeline(runtime.retriever, runtime.domains, DryRunLog(), self.settings.serving,
                                                max_query_chars=self.settings.api.max_query_chars)
         self._mirror_tasks: set[asyncio.Task] = set()
-        self.control = ReleaseControl(runtime, self.adapters)
-        from twinloop.learning.filters import ToxicityFilter
-
-        self._toxicity = ToxicityFilter()  # canary arms compare toxicity (paper §5.2)
+        registry = runtime.releases
+        base = registry.ensure_base(runtime.router.spec.to_json(), runtime.knowledge.current_revision(),
+                                    runtime.foundation.name)
+        loader = ReleaseLoader(registry, self.adapters, runtime.embedder, follow_index=self.settings.serving.follow_index)
+        self.control = ReleaseControl(self.settings, registry, runtime.domains, loader,
+                                      active_id=registry.pointer("active") or base.id)
+        self._toxicity = ToxicityScorer()  # canary arms compare toxicity (paper §5.2)
         self._record_config()
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -93,8 +94,8 @@ class Service:
         self.engine.stop(drain=True)
 
     def _record_config(self) -> None:
-        """Audit a configuration change (issue 6 point 2): one event when the settings this
-        server starts with differ from the last recorded ones (API keys left out)."""
+        """Audit a configuration change: one event when the settings this server starts with
+        differ from the last recorded ones (API keys left out)."""
         doc = self.settings.model_dump(mode="json", exclude={"api": {"api_keys", "api_key_hashes"}})
         digest = hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
         last = self.runtime.events.list(limit=1, action="config.loaded")
@@ -191,7 +192,7 @@ class Service:
         self._observe(prepared.release, arm, prepared.started, record, None)
 
     def _mirror(self, req: AnswerRequest) -> None:
-        """Canary mirror mode (issue 6 point 4): the candidate answers a copy of this request in
+        """Canary mirror mode (paper §5.2): the candidate answers a copy of this request in
         the background; its answer is recorded as a canary observation, never returned."""
         target = self.control.mirror_target(req.user_id)
         if target is None:
@@ -281,23 +282,7 @@ class Service:
                                domains=[domain] if domain else [], user_id=user_id, session_id=session_id,
                                adapter=adapter, answer=text, latency_ms=latency_ms)
 
-    # -- intake ------------------------------------------------------------------------------
-
-    def feedback(self, request_id: str, score: float, correction: str | None, actor: str | None) -> FeedbackRecord:
-        """Store feedback (redacted) and pass it through the learning filters at once, so an
-        accepted correction is a training sample for Shadow and a rejected one sits in the
-        quarantine with its reason (issue 5 point 1)."""
-        record = self.requestlog.add_feedback(request_id, score, correction, actor)
-        report, _skipped = self.intake.submit_feedback(
-            self.requestlog.feedback_joined(feedback_id=record.id))
-        status = "accepted" if report.accepted else ("quarantined" if report.rejected else "not_trainable")
-        self.requestlog.set_feedback_status(record.id, status)
-        if status != "not_trainable":  # a bare score is a rating, not a filter decision
-            reasons = [f"{r.stage}: {r.reason}" for r in report.rejected]
-            self.runtime.events.append(f"feedback.{status}", actor=actor, subject=request_id,
-                                       reason="; ".join(reasons)[:300],
-                                       data={"feedback_id": record.id, "score": score})
-        return record
+    # -- documents ---------------------------------------------------------------------------
 
     def ingest(self, domain: str, documents: list[dict[str, Any]], actor: str | None = None) -> IngestReport:
         self.runtime.domains.get(domain)

@@ -1,4 +1,4 @@
-"""Records that cross the serving loop's module boundaries (issue 4).
+"""Records that cross the serving loop's module boundaries.
 
 Plain dataclasses, no torch: the API layer, the engine and the answer pipeline exchange
 these and nothing else, so each can be tested alone.
@@ -9,6 +9,11 @@ from __future__ import annotations
 import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
+
+FinishReason = Literal["stop", "length", "timeout", "cancelled"]
+"""How a generation ended."""
+
+from twinloop.kernel.errors import InvalidInputError
 
 BASE_ADAPTER = "__base__"
 """PEFT's name for "no adapter" in a mixed-adapter batch (``adapter_names=``)."""
@@ -52,7 +57,7 @@ class GenResult:
 
 @dataclass(frozen=True)
 class Citation:
-    """A source an answer cites: a passage that was actually retrieved (issue 4 point 2)."""
+    """A source an answer cites: a passage that was actually retrieved."""
 
     n: int
     """The passage's number in the prompt ([1], [2], ...)."""
@@ -74,7 +79,7 @@ class Citation:
 
 @dataclass
 class AnswerRecord:
-    """The answer to one ``/v1/answer`` request (issue 4 point 1)."""
+    """The answer to one ``/v1/answer`` request."""
 
     request_id: str
     query: str
@@ -103,3 +108,27 @@ class AnswerRecord:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+class MaxTokensError(InvalidInputError):
+    """A token limit that is not an integer from 1 to the server's ``max_new_tokens_limit``."""
+
+    def __init__(self, message: str, limit: int) -> None:
+        super().__init__(message)
+        self.limit = limit
+
+
+def check_max_tokens(value: object, limit: int, name: str = "max_tokens") -> int:
+    """The one check of a completion-token limit (API bodies, the pipeline and the engine);
+    returns it.
+
+    Raises:
+        MaxTokensError: Not an integer, below 1, or over ``limit``.
+    """
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise MaxTokensError(f"{name} = {value!r}: must be an integer", limit)
+    if value < 1:
+        raise MaxTokensError(f"{name} = {value}: must be at least 1", limit)
+    if value > limit:
+        raise MaxTokensError(f"{name} = {value}: over this server's limit of {limit}", limit)
+    return value

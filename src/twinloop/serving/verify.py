@@ -1,6 +1,6 @@
 """"No source, no claim": checking an answer against the passages actually retrieved.
 
-Issue 4 point 2, DESIGN.md "Serving". An answer in a domain that requires citations is
+See docs/DESIGN.md "Serving". An answer in a domain that requires citations is
 verified only when
 
 - every claim (sentence of 4+ content words) is supported by a retrieved passage: most of

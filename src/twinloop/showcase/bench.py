@@ -1,6 +1,6 @@
-"""Run every benchmark program and summarise their headline figures (issue 7 point 4).
+"""Run every benchmark program and summarise their headline figures (docs/DESIGN.md "Facts measured here").
 
-The programs under ``benchmarks/`` stay the source of truth (STYLE.md §10): each runs as its
+The programs under ``benchmarks/`` stay the source of truth: each runs as its
 own process, prints its figures and writes its own JSON. This module only runs them one after
 another, reads that JSON back, picks out the few figures a reader looks at first, and writes
 ``summary.json`` (everything, raw results included) and ``summary.md`` (one table each).

@@ -218,8 +218,8 @@ def run_case_study(base: Settings, on_step: StepCallback | None = None,
     from twinloop.api import create_app
     from twinloop.api.server import ServerThread
     from twinloop.kernel.errors import TwinLoopError
-    from twinloop.release.dryrun import run_release_qa
     from twinloop.runtime import Runtime
+    from twinloop.serving.dryrun import run_release_qa
     from twinloop.serving.service import Service
 
     settings, key = demo_settings(base, extra)
@@ -329,8 +329,11 @@ def run_case_study(base: Settings, on_step: StepCallback | None = None,
         probe_cases = [{"id": f"qda-probe-{i}", "domain": "law", "query": pq, "expected": [fact],
                         "citations": []} for i, (pq, fact) in enumerate(PROBES)]
         cases_file.write_text("".join(json.dumps(c) + "\n" for c in [*qa_cases, *probe_cases]), encoding="utf-8")
-        qa = run_release_qa(Runtime(settings), candidate, actor="demo:release-manager", cases_path=cases_file,
-                            max_tokens=32)
+        iso = Runtime(settings)
+        qa = run_release_qa(candidate, registry=iso.releases, foundation=iso.foundation, embedder=iso.embedder,
+                            retriever=iso.retriever, domains=iso.domains, router_json=iso.router.spec.to_json(),
+                            index_revision=iso.knowledge.current_revision(), settings=iso.settings,
+                            actor="demo:release-manager", cases_path=cases_file, max_tokens=32)
         summary["qa"] = {"passed": qa["passed"], "candidate_pass_rate": qa["summary"]["pass_rate"],
                          "active_pass_rate": (qa.get("baseline_summary") or {}).get("pass_rate")}
         tl.step("QA dry-run: candidate vs Active on held-out cases (isolated copy)", t0, summary["qa"],

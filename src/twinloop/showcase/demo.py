@@ -1,8 +1,9 @@
-"""``make demo`` for now: load the real base model and answer built-in questions with timings.
+"""``twinloop demo --basic``: load the real base model and answer built-in questions with timings.
 
-The full narrated twin-loop demo (paper §6.3) replaces this in a later issue; these questions
-stay as its warm-up. Each has the word a correct answer must contain, so the demo reports
-plainly whether the model got it right instead of only printing text.
+The narrated twin-loop demo (paper §6.3) is :mod:`twinloop.showcase.casestudy` (``twinloop demo``,
+``make demo``); these questions are the quick check that the model loads and answers. Each
+has the word a correct answer must contain, so the demo reports plainly whether the model got
+it right instead of only printing text.
 """
 
 from __future__ import annotations

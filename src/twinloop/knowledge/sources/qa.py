@@ -1,7 +1,7 @@
 """Labelled question/answer items from the public QA sets, for evaluation.
 
 One record type for every set, so a QA dry-run or a retrieval benchmark can iterate items
-without knowing which data set they came from (STYLE.md §4: identity by key — ``uri`` is the
+without knowing which data set they came from (identity by key: ``uri`` is the
 key of the document that supports the answer in the seed corpus).
 """
 

@@ -1,4 +1,4 @@
-"""The continual-learning experiment on the real system (issue 7 point 2; paper §6).
+"""The continual-learning experiment on the real system (paper §6).
 
 Domains arrive in sequence (law → med → fin, for several cycles); each (cycle, domain) step
 is a *task* bringing new facts the base cannot know (:mod:`twinloop.showcase.experiments.facts`).
@@ -201,7 +201,6 @@ def run(config: EvalConfig, out_dir: str | Path, *, settings: Settings, progress
     def document(partial: bool) -> dict[str, Any]:
         return {
             "experiment": "continual-learning",
-            "issue": 7,
             "partial": partial,
             "started_at": started_at,
             "seconds": round(time.perf_counter() - t0, 1),
@@ -361,7 +360,7 @@ def select_real_cases(domains: tuple[str, ...], per_domain: int) -> list[dict[st
 def real_check(method: Method, real: list[dict[str, Any]], config: EvalConfig) -> dict[str, Any]:
     """Answer the real cases with their sources in the index (added, then set aside again)."""
     from twinloop.learning.filters import ToxicityFilter
-    from twinloop.release.qa import score_answer
+    from twinloop.serving.dryrun import score_pipeline_answer as score_answer
     from twinloop.serving.pipeline import AnswerRequest
 
     by_domain: dict[str, list[dict[str, Any]]] = {}
@@ -452,7 +451,7 @@ def summarise(cls: type[Method], r: list[list[float | None]], steps: list[dict[s
 
 
 def compare(results: dict[str, Any]) -> dict[str, Any]:
-    """The headline comparison of the issue: TwinLoop's forgetting next to Naive adapters'."""
+    """The headline comparison (paper §6.2.2): TwinLoop's forgetting next to Naive adapters'."""
     out: dict[str, Any] = {"paper": {"naive_forgetting": 0.191, "twinloop_forgetting": 0.069}}
     for name in ("NaiveAdapters", "TwinLoop", "TwinLoop-Index", "IndexOnly"):
         if name in results:

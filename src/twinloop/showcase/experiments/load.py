@@ -1,4 +1,4 @@
-"""A load generator: real requests to a method's serving copy while it updates (issue 7, availability).
+"""A load generator: real requests to a method's serving copy while it updates (paper §6.2.4).
 
 One client thread sends questions one after another, starting a new one every
 ``interval_s`` (or at once when the previous took longer), and counts which were served.

@@ -1,4 +1,4 @@
-"""Continual-learning metrics over the accuracy matrix R (issue 7 point 2).
+"""Continual-learning metrics over the accuracy matrix R (paper §6.2).
 
 ``R[i][j]`` is the accuracy on task j's probes measured after training step i (0-based), for
 ``j ≤ i``; entries with ``j > i`` (tasks not yet seen) are ``None``. With T tasks:
