@@ -1,6 +1,6 @@
 """The release commands as an operator runs them (real processes, tiny model): releases,
 status, approve, swap, rollback, canary, events --verify on an intact and a tampered log,
-export/import, prune; bad input is one line and exit 2 (issue 6 point 9)."""
+export/import, prune; bad input is one line and exit 2."""
 
 from __future__ import annotations
 

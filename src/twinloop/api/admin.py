@@ -24,7 +24,7 @@ from twinloop.api.schemas import (
     RollbackBody,
     SwapBody,
 )
-from twinloop.serving.dryrun import resolve_candidate
+from twinloop.release.promotion import resolve_candidate
 from twinloop.serving.faults import Fault
 from twinloop.serving.service import Service
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import getpass
 import logging
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -83,6 +84,8 @@ def _root(
     for noisy in _NOISY_LOGGERS:
         logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.ERROR)
     if not verbose:
+        # Deprecation notices of the libraries are for us, not for an operator at a shell.
+        warnings.filterwarnings("ignore", category=FutureWarning)
         # Set before transformers is imported (lazily, by the commands that need it), so a
         # command that needs no model never pays for importing it.
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")

@@ -125,6 +125,35 @@ class Retriever:
             raise InvalidInputError(f"index revision {revision} does not exist (newest is {current})")
         return View(self, revision)
 
+    def catalog(self, revision: int | None = None) -> dict[str, dict[str, frozenset[str]]]:
+        """What a revision holds: ``{"jurisdictions": {domain: {...}}, "articles": {code: {...}}}``.
+
+        Every edition counts (an article that existed in any edition is held); what is in force
+        on a date is the retrieval's business. Cached per (revision, newest revision).
+        """
+        rev = self.store.current_revision() if revision is None else revision
+        key = ("catalog", rev, self.store.current_revision())
+        with self._eligible_lock:
+            if key in self._eligible:
+                return self._eligible[key]
+        rows = self.store.db.conn.execute(
+            "SELECT DISTINCT domain, jurisdiction, code, article FROM kn_documents WHERE erased = 0 "
+            "AND added_rev <= ? AND (removed_rev IS NULL OR removed_rev > ?)", (rev, rev)).fetchall()
+        jurisdictions: dict[str, set[str]] = {}
+        articles: dict[str, set[str]] = {}
+        for domain, jur, code, article in rows:
+            if jur:
+                jurisdictions.setdefault(domain, set()).add(jur)
+            if code:
+                articles.setdefault(code, set())
+                if article:
+                    articles[code].add(str(article))
+        found = {"jurisdictions": {d: frozenset(v) for d, v in jurisdictions.items()},
+                 "articles": {c: frozenset(v) for c, v in articles.items()}}
+        with self._eligible_lock:
+            self._eligible[key] = found  # type: ignore[assignment]
+        return found
+
     # The chunks a (domain, revision, as-of, jurisdiction) may see are fixed for a revision,
     # so an LRU cache makes repeated queries cheap. The newest revision is part of the key:
     # an erasure (a new revision) must hide text from old pinned views too.

@@ -138,6 +138,18 @@ class CanaryRun:
                    finished_by=row["finished_by"])
 
 
+def check_split(ratio: object, mode: object) -> None:
+    """A canary's share of users and mode, checked before anything is loaded or written.
+
+    Raises:
+        InvalidInputError: ``ratio`` outside (0, 1] or an unknown ``mode``.
+    """
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 < ratio <= 1.0:
+        raise InvalidInputError(f"canary ratio {ratio!r} must be above 0 and at most 1")
+    if mode not in MODES:
+        raise InvalidInputError(f"unknown canary mode {mode!r}; expected one of {', '.join(MODES)}")
+
+
 class CanaryStore:
     """Canary runs and their per-request observations in SQLite.
 
@@ -160,10 +172,7 @@ class CanaryStore:
             CanaryRunningError: Another canary is running.
             InvalidInputError: ``ratio`` outside (0, 1] or an unknown ``mode``.
         """
-        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 < ratio <= 1.0:
-            raise InvalidInputError(f"canary ratio {ratio!r} must be above 0 and at most 1")
-        if mode not in MODES:
-            raise InvalidInputError(f"unknown canary mode {mode!r}; expected one of {', '.join(MODES)}")
+        check_split(ratio, mode)
         cid = f"can_{uuid.uuid4().hex[:16]}"
 
         def insert(c: sqlite3.Connection) -> None:

@@ -345,12 +345,15 @@ class Promoter:
                      reason: str = ""):
         """Start a canary of ``rid`` (default: Shadow) against Active; loaded and verified
         before any user is sent to it."""
+        from twinloop.release.canary import check_split
+
+        cfg = self.canary_cfg
+        ratio, mode = cfg.ratio if ratio is None else ratio, mode or cfg.mode
+        check_split(ratio, mode)  # cheap checks before the release is loaded
         rid = self.resolve(rid)
         self._verified(rid)
-        cfg = self.canary_cfg
-        return start_canary(self.registry, self.canaries, rid, ratio=cfg.ratio if ratio is None else ratio,
-                            mode=mode or cfg.mode, salt=cfg.salt, release_cfg=self.release_cfg, actor=actor,
-                            reason=reason)
+        return start_canary(self.registry, self.canaries, rid, ratio=ratio, mode=mode, salt=cfg.salt,
+                            release_cfg=self.release_cfg, actor=actor, reason=reason)
 
     def _verified(self, rid: str) -> Any:
         try:

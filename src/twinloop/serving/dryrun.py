@@ -30,6 +30,7 @@ from twinloop.kernel.crashpoints import crash_point
 from twinloop.kernel.errors import InvalidInputError
 from twinloop.kernel.toxicity import ToxicityScorer
 from twinloop.knowledge.domains import DomainRegistry
+from twinloop.release.promotion import resolve_candidate  # noqa: F401  (re-exported)
 from twinloop.release.qa import (
     DEFAULT_GATES,
     CaseResult,
@@ -184,21 +185,6 @@ def _answer(pipeline: AnswerPipeline, engine: GenerationEngine, release: Serving
 
 
 # -- a release's dry run, stored with it -----------------------------------------------------
-
-
-def resolve_candidate(registry: ReleaseRegistry, rid: str | None) -> str:
-    """``rid``, or the Shadow pointer's release when none is named.
-
-    Raises:
-        InvalidInputError: ``rid`` is unknown, or none is named and there is no Shadow yet.
-    """
-    if rid:
-        registry.get(rid)
-        return rid
-    shadow = registry.pointer("shadow")
-    if shadow is None:
-        raise InvalidInputError("no Shadow candidate yet: train one (twinloop train) or name a release")
-    return shadow
 
 
 def run_release_qa(

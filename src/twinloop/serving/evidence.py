@@ -1,0 +1,163 @@
+"""Evidence for a question in the retrieved passages: sentence relevance and answerability.
+
+Two decisions rest on it (docs/DESIGN.md "Serving"):
+
+- **Answerability.** Retrieval always returns its top passages, relevant or not, so a score
+  floor cannot tell "the index holds the answer" from "the index holds the nearest text".
+  :class:`Answerability` is a logistic model over a few features of the best evidence — how
+  close the best sentence is to the question in embedding space, how many of the question's
+  distinctive words the best passage contains, the retrieval scores — fitted on labelled
+  answerable and unanswerable questions (``scripts/calibrate_answerability.py``) with a
+  threshold per domain; below it the answer is ``cannot_verify``.
+- **Which sentences answer.** :func:`rank_sentences` scores every sentence of the retrieved
+  passages against the question; the best ones are the extractive fallback's quotes and a
+  prior for the constrained decoder's choice of where a quote starts.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
+from typing import Any
+
+import numpy as np
+
+from twinloop.kernel.errors import ConfigError
+
+_WORD = re.compile(r"\w+", re.UNICODE)
+_SENTENCE = re.compile(r"(?<=[.!?;:])\s+|\n+")
+STOPWORDS = frozenset(
+    "a an the and or but if of to in on at by for with from as is are was were be been being it its this "
+    "that these those there their they them he she his her we you your our i me my not no yes do does did "
+    "can could may might must shall should will would has have had which who whom what when where why how "
+    "also such than then so very into about under over any all each other more most some only own same "
+    "much many long there here whether per within without up down out".split()
+)
+"""Words that say nothing about what a question is after."""
+
+FEATURES = ("sentence_cos", "coverage", "dense", "lexical_hit")
+
+
+def content_words(text: str) -> set[str]:
+    return {w.casefold() for w in _WORD.findall(text) if w.casefold() not in STOPWORDS and len(w) > 1}
+
+
+def sentences(text: str) -> list[tuple[int, int]]:
+    """``(start, end)`` character spans of a passage's sentences (stripped, non-empty)."""
+    spans, pos = [], 0
+    for m in list(_SENTENCE.finditer(text)) + [None]:
+        end = m.start() if m is not None else len(text)
+        chunk = text[pos:end]
+        lead = len(chunk) - len(chunk.lstrip())
+        a, b = pos + lead, pos + len(chunk.rstrip())
+        if b > a:
+            spans.append((a, b))
+        pos = m.end() if m is not None else len(text)
+    return spans
+
+
+@dataclass(frozen=True)
+class Sentence:
+    """One sentence of a retrieved passage, scored against the question."""
+
+    n: int
+    """The passage's number (1-based)."""
+    start: int
+    end: int
+    text: str
+    cos: float
+    """Cosine similarity with the question (embedder)."""
+    coverage: float
+    """Share of the question's content words that occur in the sentence."""
+
+    @property
+    def score(self) -> float:
+        return 0.6 * self.cos + 0.4 * self.coverage
+
+
+def rank_sentences(question: str, passages: Sequence[str], embedder: Any,
+                   query_vector: np.ndarray | None = None) -> list[Sentence]:
+    """Every sentence of ``passages``, best first."""
+    spans = [(n, a, b) for n, text in enumerate(passages, start=1) for a, b in sentences(text)]
+    if not spans:
+        return []
+    texts = [passages[n - 1][a:b] for n, a, b in spans]
+    q = query_vector if query_vector is not None else embedder.encode([question])[0]
+    vecs = embedder.encode(texts)  # (sentences, dim), normalised
+    cos = np.asarray(vecs, dtype=np.float32) @ np.asarray(q, dtype=np.float32).reshape(-1)
+    words = content_words(question)
+    out = []
+    for (n, a, b), text, c in zip(spans, texts, cos, strict=True):
+        cov = len(words & content_words(text)) / len(words) if words else 0.0
+        out.append(Sentence(n, a, b, text, float(c), cov))
+    return sorted(out, key=lambda s: s.score, reverse=True)
+
+
+def features(question: str, ranked: Sequence[Sentence], hits: Sequence[Any]) -> dict[str, float]:
+    """The answerability features of a question's evidence (see :data:`FEATURES`)."""
+    words = content_words(question)
+    best_cov = max((len(words & content_words(h.text)) / len(words) for h in hits), default=0.0) if words else 0.0
+    return {
+        "sentence_cos": max((s.cos for s in ranked), default=0.0),
+        "coverage": best_cov,
+        "dense": max((h.dense for h in hits if h.dense is not None), default=0.0),
+        "lexical_hit": 1.0 if any(h.bm25 is not None for h in hits) else 0.0,
+    }
+
+
+@dataclass(frozen=True)
+class Answerability:
+    """A logistic model ``p = σ(w·x + b)`` over :data:`FEATURES`, and a threshold per domain.
+
+    Attributes:
+        weights: One per feature, in :data:`FEATURES` order.
+        bias: The intercept.
+        thresholds: Domain → the probability at or above which a question counts as
+            answerable; ``default`` for domains without their own.
+        fitted_on: Where the figures come from (the calibration file and its counts).
+    """
+
+    weights: tuple[float, ...]
+    bias: float
+    thresholds: dict[str, float] = field(default_factory=dict)
+    default: float = 0.5
+    fitted_on: dict[str, Any] = field(default_factory=dict)
+
+    def probability(self, feats: dict[str, float]) -> float:
+        z = self.bias + sum(w * feats[f] for w, f in zip(self.weights, FEATURES, strict=True))
+        return 1.0 / (1.0 + math.exp(-max(-50.0, min(50.0, z))))
+
+    def threshold(self, domain: str) -> float:
+        return self.thresholds.get(domain, self.default)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"features": list(FEATURES), "weights": list(self.weights), "bias": self.bias,
+                "thresholds": self.thresholds, "default": self.default, "fitted_on": self.fitted_on}
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any], where: str = "answerability") -> Answerability:
+        """Raises ConfigError naming the bad field."""
+        if list(doc.get("features", [])) != list(FEATURES):
+            raise ConfigError(f"{where}: features = {doc.get('features')!r}, expected {list(FEATURES)}")
+        weights = doc.get("weights")
+        if not isinstance(weights, list) or len(weights) != len(FEATURES) or not all(
+                isinstance(w, (int, float)) for w in weights):
+            raise ConfigError(f"{where}: weights = {weights!r}: need {len(FEATURES)} numbers")
+        thresholds = doc.get("thresholds") or {}
+        if not all(isinstance(v, (int, float)) and 0 <= v <= 1 for v in thresholds.values()):
+            raise ConfigError(f"{where}: thresholds = {thresholds!r}: probabilities in [0, 1]")
+        return cls(tuple(float(w) for w in weights), float(doc.get("bias", 0.0)),
+                   {str(k): float(v) for k, v in thresholds.items()}, float(doc.get("default", 0.5)),
+                   dict(doc.get("fitted_on") or {}))
+
+
+@lru_cache(maxsize=1)
+def default_answerability() -> Answerability:
+    """The model fitted on the packs' evaluation sets, shipped as ``packs/answerability.json``."""
+    text = resources.files("twinloop.packs").joinpath("answerability.json").read_text("utf-8")
+    return Answerability.from_dict(json.loads(text), "packs/answerability.json")

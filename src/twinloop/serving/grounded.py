@@ -1,0 +1,207 @@
+"""The grounded answer of a citation-required domain: decided before generation, assembled after.
+
+Before generation (:func:`decide`): is the question about something the index holds
+(``serving/scope.py``: else ``out_of_scope``), and does the retrieved evidence answer it
+(``serving/evidence.py``: else ``cannot_verify``)? Only then does the model run, under the
+quote constraint (``serving/quotes.py``), with a relevance prior on where quotes start.
+
+After generation (:func:`assemble`): the row's tokens are parsed back into claims, each a
+verbatim span of a passage it cites; claims whose numbers and dates do not all occur in the
+passage they cite, or that say nothing about the question, are dropped. When none is left,
+the best sentences of the top passages are quoted instead (the extractive fallback), and the
+answer says that it is quoted. No sentence reaches the user as fact unless its words come
+from a retrieved passage (docs/DESIGN.md "Serving").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from twinloop.serving.evidence import (
+    Answerability,
+    Sentence,
+    content_words,
+    features,
+    rank_sentences,
+)
+from twinloop.serving.quotes import (
+    Claim,
+    Grammar,
+    QuotablePassage,
+    QuoteConstraint,
+    parse_claims,
+    quotable,
+)
+from twinloop.serving.scope import Catalog, ScopeVerdict, out_of_scope
+
+Status = Literal["answered", "cannot_verify", "out_of_scope"]
+
+PRIOR_WEIGHT = 8.0
+"""Logit bonus per unit of sentence relevance at a quote's first token: enough to lift the
+sentence retrieval ranks best above a generic opening the model prefers, not enough to
+overrule a clear preference of the model between two relevant ones."""
+FALLBACK_SENTENCES = 2
+"""Quoted sentences in an extractive answer: the best, and the next when nearly as good."""
+FALLBACK_MARGIN = 0.85
+"""The second sentence is quoted only when it scores at least this share of the best."""
+MIN_RELEVANCE = 0.25
+"""A claim whose sentence scores below this says nothing about the question: dropped."""
+POSSIBLY_RELATED = 3
+"""Passages a refusal lists as possibly related (never as claims)."""
+
+_NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
+
+
+@dataclass
+class Decision:
+    """What was decided before generation."""
+
+    status: Status
+    reason: str = ""
+    verdict: ScopeVerdict | None = None
+    ranked: list[Sentence] = field(default_factory=list)
+    features: dict[str, float] = field(default_factory=dict)
+    probability: float | None = None
+    threshold: float | None = None
+
+    def searched(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.probability is not None:
+            out["answerability"] = {"probability": round(self.probability, 4), "threshold": self.threshold,
+                                    "features": {k: round(v, 4) for k, v in self.features.items()}}
+        if self.verdict is not None:
+            out["asked_for"] = self.verdict.asked
+        return out
+
+
+def decide(question: str, domains: list[str], hits: Sequence[Any], catalog: Catalog, jurisdiction: str | None,
+           embedder: Any, answerability: Answerability, query_vector: Any = None) -> Decision:
+    """Out of scope, cannot verify, or answer — before any token is generated."""
+    verdict = out_of_scope(question, domains, catalog, jurisdiction)
+    if verdict is not None:
+        return Decision("out_of_scope", verdict.reason, verdict=verdict)
+    if not hits:
+        return Decision("cannot_verify", "nothing in the index matched the question")
+    ranked = rank_sentences(question, [h.text for h in hits], embedder, query_vector)
+    feats = features(question, ranked, hits)
+    p = answerability.probability(feats)
+    threshold = max(answerability.threshold(d) for d in domains) if domains else answerability.default
+    if p < threshold:
+        return Decision("cannot_verify", "the passages found do not answer the question", ranked=ranked,
+                        features=feats, probability=p, threshold=threshold)
+    return Decision("answered", ranked=ranked, features=feats, probability=p, threshold=threshold)
+
+
+@dataclass
+class Quoting:
+    """The constraint of one request and what is needed to read its tokens back."""
+
+    passages: list[QuotablePassage]
+    grammar: Grammar
+    constraint: QuoteConstraint
+
+
+def quoting(tokenizer: Any, hits: Sequence[Any], ranked: Sequence[Sentence]) -> Quoting:
+    """The quote constraint for a request, with the relevance prior from ``ranked``."""
+    grammar = _grammar(tokenizer)
+    passages = [quotable(tokenizer, h.text) for h in hits]
+    prior: dict[tuple[int, int], float] = {}
+    best = {(s.n, s.start): s.score for s in ranked}
+    for n, p in enumerate(passages, start=1):
+        for pos in p.starts:
+            a, b = p.offsets[pos]
+            span = p.text[max(a, 0):b]
+            char = max(a, 0) + len(span) - len(span.lstrip())
+            score = best.get((n, char))
+            if score is not None:
+                prior[(n, pos)] = PRIOR_WEIGHT * score
+    return Quoting(passages, grammar, QuoteConstraint(passages, grammar, prior=prior))
+
+
+_GRAMMARS: dict[int, Grammar] = {}
+
+
+def _grammar(tokenizer: Any) -> Grammar:
+    key = id(tokenizer)
+    if key not in _GRAMMARS:
+        _GRAMMARS[key] = Grammar.for_tokenizer(tokenizer)
+    return _GRAMMARS[key]
+
+
+@dataclass(frozen=True)
+class GroundedClaim:
+    """A claim as the answer states it: verbatim text and the passages it cites (1-based)."""
+
+    text: str
+    citations: list[int]
+    n: int
+    start: int
+    end: int
+
+
+@dataclass
+class Grounded:
+    """The claims of an answered question, and how they were made."""
+
+    claims: list[GroundedClaim]
+    mode: Literal["generated", "extractive"]
+    dropped: list[str] = field(default_factory=list)
+
+
+def assemble(question: str, tokens: Sequence[int], q: Quoting, ranked: Sequence[Sentence]) -> Grounded:
+    """Claims from the generated tokens, checked; the extractive fallback when none survive."""
+    relevance = {(s.n, s.start, s.end): s.score for s in ranked}
+    words = content_words(question)
+    kept: list[GroundedClaim] = []
+    dropped: list[str] = []
+    for c in parse_claims(tokens, q.passages, q.grammar):
+        text = q.passages[c.n - 1].text
+        if not _numbers_supported(c, text):
+            dropped.append(f"[{c.n}] numbers or dates not in the passage it cites")
+            continue
+        score = _relevance(c, relevance)
+        if score < MIN_RELEVANCE and not (words & content_words(c.text)):
+            dropped.append(f"[{c.n}] says nothing about the question")
+            continue
+        if any(k.n == c.n and k.start == c.start for k in kept):
+            continue
+        kept.append(GroundedClaim(c.text, [c.n], c.n, c.start, c.end))
+    if kept:
+        return Grounded(kept, "generated", dropped)
+    return Grounded(extractive(ranked), "extractive", dropped)
+
+
+def extractive(ranked: Sequence[Sentence]) -> list[GroundedClaim]:
+    """The best sentence of the passages (and the next when nearly as good), quoted."""
+    if not ranked:
+        return []
+    out = [ranked[0]]
+    for s in ranked[1:FALLBACK_SENTENCES]:
+        if s.score >= FALLBACK_MARGIN * ranked[0].score:
+            out.append(s)
+    return [GroundedClaim(s.text, [s.n], s.n, s.start, s.end) for s in out]
+
+
+def _numbers_supported(c: Claim, passage: str) -> bool:
+    """Every number and date in the claim occurs in the passage it cites. A quote is a span of
+    its passage, so this holds by construction; it is checked anyway, as the rule is about the
+    answer, not about how it was made."""
+    return all(n in passage for n in _NUMBER.findall(c.text))
+
+
+def _relevance(c: Claim, relevance: dict[tuple[int, int, int], float]) -> float:
+    """The score of the ranked sentence the claim overlaps most (0 when none)."""
+    best = 0.0
+    for (n, a, b), score in relevance.items():
+        if n == c.n and a < c.end and c.start < b:
+            best = max(best, score)
+    return best
+
+
+def passage_sha256(text: str) -> str:
+    """The SHA-256 of a stored passage, so a client can check ``exact_quote`` against it."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()

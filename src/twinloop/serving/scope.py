@@ -1,0 +1,162 @@
+"""Is a question about something the index holds? Jurisdictions, legal sources and articles.
+
+A question about US law, a German statute the index does not hold, or an Article 150 GDPR
+(there are 99) must not be answered from whatever passages happen to score highest: the
+honest answer is ``out_of_scope``, naming what was asked for and what the index does hold
+(docs/DESIGN.md "Serving").
+
+The rules read a :class:`Catalog` of the index — the jurisdictions, codes and articles its
+documents carry — and a gazetteer shipped with the packs (``packs/scope.yaml``: jurisdiction
+names and legal sources with their aliases, held or not). Both are data, so a user adding a
+domain or a source extends them without code.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
+from typing import Any
+
+import yaml
+
+from twinloop.kernel.errors import ConfigError, InvalidInputError
+
+JURISDICTION_CODE = re.compile(r"^[A-Z]{2}(?:-[A-Z0-9]{1,3})?$")
+"""ISO 3166-1 alpha-2, the EU's "EU", optionally a subdivision: ``DE``, ``EU``, ``US-CA``."""
+
+_ARTICLE = re.compile(
+    r"(?:\bart(?:icle|\.)?s?\s*|§§?\s*|\bsection\s+|\bparagraph\s+)(\d{1,4})\s*([a-z])?\b", re.IGNORECASE)
+
+
+def check_jurisdiction(value: Any) -> str | None:
+    """A request's ``jurisdiction``, normalised; None when not given.
+
+    Raises:
+        InvalidInputError: Not a code like ``EU``, ``DE`` or ``US-CA``.
+    """
+    if value is None:
+        return None
+    if not isinstance(value, str) or not JURISDICTION_CODE.match(value.strip().upper()):
+        raise InvalidInputError(f"jurisdiction = {value!r}: must be a jurisdiction code such as 'EU', 'DE' "
+                                "or 'US-CA'")
+    return value.strip().upper()
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """What the index holds, per domain: jurisdictions, codes and each code's articles."""
+
+    jurisdictions: dict[str, frozenset[str]] = field(default_factory=dict)
+    """Domain → jurisdictions its documents carry (empty: the domain has none, e.g. medicine)."""
+    articles: dict[str, frozenset[str]] = field(default_factory=dict)
+    """Code (as stored, e.g. ``BDSG 2018``) → article numbers held (any edition)."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """A legal source the gazetteer knows, held or not."""
+
+    code: str
+    """The code as documents store it (``GDPR``), or a name for one the index lacks."""
+    jurisdiction: str
+    aliases: tuple[str, ...]
+    stored_as: tuple[str, ...] = ()
+    """Codes in the index that are editions of this source (``BDSG 2018``, ``BDSG 1990``)."""
+
+
+@dataclass(frozen=True)
+class Gazetteer:
+    jurisdictions: dict[str, tuple[str, ...]]
+    """Code → names and adjectives that mean it in a question ("California", "Californian")."""
+    sources: tuple[Source, ...]
+
+
+@lru_cache(maxsize=1)
+def default_gazetteer() -> Gazetteer:
+    """The gazetteer shipped in ``packs/scope.yaml``.
+
+    Raises:
+        ConfigError: The file is malformed (the message names the field).
+    """
+    text = resources.files("twinloop.packs").joinpath("scope.yaml").read_text("utf-8")
+    return parse_gazetteer(text, "packs/scope.yaml")
+
+
+def parse_gazetteer(text: str, where: str) -> Gazetteer:
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{where}: not YAML: {e}") from e
+    if not isinstance(doc, dict) or not isinstance(doc.get("jurisdictions"), dict):
+        raise ConfigError(f"{where}: needs a 'jurisdictions' mapping")
+    jur: dict[str, tuple[str, ...]] = {}
+    for code, names in doc["jurisdictions"].items():
+        if not JURISDICTION_CODE.match(str(code)) or not isinstance(names, list) or not names:
+            raise ConfigError(f"{where}: jurisdictions.{code}: needs a code like 'DE' and a list of names")
+        jur[str(code)] = tuple(str(n).casefold() for n in names)
+    sources = []
+    for i, s in enumerate(doc.get("sources") or []):
+        if not isinstance(s, dict) or not s.get("code") or not isinstance(s.get("aliases"), list):
+            raise ConfigError(f"{where}: sources[{i}]: needs 'code' and a list of 'aliases'")
+        if str(s.get("jurisdiction")) not in jur:
+            raise ConfigError(f"{where}: sources[{i}].jurisdiction = {s.get('jurisdiction')!r}: not in jurisdictions")
+        sources.append(Source(str(s["code"]), str(s["jurisdiction"]), tuple(str(a).casefold() for a in s["aliases"]),
+                              tuple(str(c) for c in s.get("stored_as") or [s["code"]])))
+    return Gazetteer(jur, tuple(sources))
+
+
+@dataclass(frozen=True)
+class ScopeVerdict:
+    """Why a question is out of scope; None from :func:`out_of_scope` when it is not."""
+
+    reason: str
+    """One sentence for the user: what was asked for, and what the index holds instead."""
+    asked: dict[str, Any]
+    """What the question named: ``jurisdiction``, ``source``, ``article``."""
+
+
+def _mentions(text: str, name: str) -> bool:
+    return re.search(r"(?<![\w])" + re.escape(name) + r"(?![\w])", text) is not None
+
+
+def out_of_scope(question: str, domains: list[str], catalog: Catalog, jurisdiction: str | None = None,
+                 gazetteer: Gazetteer | None = None) -> ScopeVerdict | None:
+    """The reason ``question`` asks for a jurisdiction, source or article the index does not
+    hold, or None.
+
+    Applies to domains whose documents carry jurisdictions (law); a domain without any (medicine,
+    finance) is never out of scope by these rules.
+    """
+    held = frozenset().union(*(catalog.jurisdictions.get(d, frozenset()) for d in domains))
+    if not held:
+        return None
+    gz = gazetteer or default_gazetteer()
+    holds = ", ".join(sorted(held))
+    if jurisdiction is not None and jurisdiction not in held:
+        return ScopeVerdict(f"The index holds no sources for jurisdiction {jurisdiction}; it holds {holds}.",
+                            {"jurisdiction": jurisdiction})
+    q = " " + question.casefold() + " "
+    # A named source first: "CCPA", "StGB", "Article 150 GDPR".
+    for src in gz.sources:
+        if not any(_mentions(q, a) for a in src.aliases):
+            continue
+        stored = [c for c in src.stored_as if c in catalog.articles]
+        if not stored:
+            return ScopeVerdict(f"The index does not hold {src.code} ({src.jurisdiction}); its legal sources are "
+                                f"{', '.join(sorted(catalog.articles)) or 'none'}.",
+                                {"source": src.code, "jurisdiction": src.jurisdiction})
+        for m in _ARTICLE.finditer(question):
+            number = m.group(1) + (m.group(2) or "").lower()
+            if not any(number in catalog.articles[c] or m.group(1) in catalog.articles[c] for c in stored):
+                return ScopeVerdict(f"The index holds no article {number} of {src.code}.",
+                                    {"source": src.code, "article": number})
+        return None  # a held source named: in scope whatever else the question mentions
+    for code, names in gz.jurisdictions.items():
+        if code in held or any(code.startswith(h + "-") for h in held):
+            continue
+        if any(_mentions(q, n) for n in names):
+            return ScopeVerdict(f"The index holds no sources for {names[0].title()} ({code}); it holds {holds}.",
+                                {"jurisdiction": code})
+    return None
