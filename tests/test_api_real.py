@@ -1,14 +1,16 @@
 """End to end on the real default models.
 
 A real server on a loopback port over the real SmolLM2-135M-Instruct and all-MiniLM-L6-v2:
-law documents go in through the API, questions come back with citations from the index (or
-plainly UNVERIFIED, never with an invented citation), through httpx and the official
+law, medicine and finance documents go in through the API; questions come back as verbatim
+quotes of cited passages, or as an honest refusal, never with an invented citation or date,
+through httpx and the official
 ``openai`` client, streaming and not; roles give 200/401/403; malformed and oversized
 requests get a 4xx with a clear message; /metrics parses.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import httpx
@@ -43,6 +45,14 @@ DOCS = [
      "jurisdiction": "EU", "edition_date": "2016-04-27", "title": "Transparent information",
      "uri": "https://eur-lex.europa.eu/eli/reg/2016/679/oj#art_12-3"},
 ]
+OTHER_DOCS = [
+    {"text": "Whipworm (Trichuris trichiura) is an intestinal parasite of humans. The larvae and adult worms live "
+             "in the intestine of humans and can cause intestinal disease.",
+     "source": "MedQuAD (CDC)", "code": "MedQuAD", "title": "Whipworm", "uri": "http://www.cdc.gov/parasites/whipworm/#1"},
+    {"text": "Revenue for fiscal 2019 was $1,234.5 million, an increase of 8% over fiscal 2018. Gross margin was "
+             "41.2% compared with 39.8% in the prior year.",
+     "source": "TAT-QA", "code": "TAT-QA", "title": "Results of operations", "uri": "tatqa://example/results-2019"},
+]
 URIS = {d["uri"] for d in DOCS}
 QUESTION = "Under the GDPR, does a controller have to erase my personal data when I ask?"
 MAX_BODY = 64 * 1024
@@ -73,21 +83,28 @@ def ingested(http):
     assert r.status_code == 200, r.text
     report = r.json()
     assert report["domain"] == "law" and report["added"] + report["skipped_duplicates"] == len(DOCS)
+    for domain, doc in (("med", OTHER_DOCS[0]), ("fin", OTHER_DOCS[1])):
+        assert http.post("/v1/ingest", headers=auth("operator"),
+                         json={"domain": domain, "documents": [doc]}).status_code == 200
     return report
 
 
-def check_cited_or_unverified(record: dict) -> None:
-    """Citations come from retrieved passages only; without one the answer says UNVERIFIED."""
+def check_grounded(record: dict, texts: dict[str, str] | None = None) -> None:
+    """Claims are verbatim spans of cited, retrieved passages; a refusal makes no claim."""
+    texts = texts or {d["uri"]: d["text"] for d in DOCS + OTHER_DOCS}
     retrieved = {p["n"]: p for p in record["retrieved"]}
-    assert URIS & {p["uri"] for p in retrieved.values()}, "the ingested articles are retrieved"
+    by_n = {c["n"]: c for c in record["citations"]}
     for c in record["citations"]:
         assert c["n"] in retrieved and c["uri"] == retrieved[c["n"]]["uri"] and c["label"] == retrieved[c["n"]]["label"]
-    if record["verified"]:
-        assert record["status"] == "verified" and record["citations"]
-        assert all(c["quote"] for c in record["citations"])
+        assert c["exact_quote"] and c["exact_quote"] in texts[c["uri"]]
+        assert c["sha256"] == hashlib.sha256(texts[c["uri"]].encode()).hexdigest()
+    for claim in record["claims"]:
+        assert claim["citations"] and all(claim["text"] in texts[by_n[n]["uri"]] for n in claim["citations"])
+    if record["status"] == "answered":
+        assert record["claims"] and record["grounded"] and record["verified"]
     else:
-        assert record["status"] in ("unverified", "no_sources")
-        assert record["text"].startswith("UNVERIFIED")
+        assert record["claims"] == [] and record["citations"] == [] and record["status"] in ("cannot_verify",
+                                                                                               "out_of_scope")
 
 
 def test_answer_with_citations_from_the_index(http, ingested):
@@ -96,7 +113,7 @@ def test_answer_with_citations_from_the_index(http, ingested):
     record = r.json()
     assert "law" in record["domains"] and record["release_id"].startswith("rel_")
     assert record["request_id"] == r.headers["x-request-id"]
-    check_cited_or_unverified(record)
+    check_grounded(record)
     labels = {p["label"] for p in record["retrieved"]}
     assert any(label.startswith("GDPR Art. 17(1)") for label in labels)
 
@@ -110,7 +127,7 @@ def test_answer_stream_sse(http, ingested):
     events = [json.loads(d) for d in data[:-1]]
     assert [e["type"] for e in events][0] == "meta" and events[-1]["type"] == "answer"
     assert sum(e["type"] == "delta" for e in events) >= 2, "text arrives in pieces"
-    check_cited_or_unverified(events[-1]["record"])
+    check_grounded(events[-1]["record"])
 
 
 def test_openai_chat(server, ingested):
@@ -121,11 +138,9 @@ def test_openai_chat(server, ingested):
     text = resp.choices[0].message.content
     extra = resp.model_extra["twinloop"]
     assert text.strip() and extra["domains"] == ["law"]
-    assert all(c["label"] and c["quote"] for c in extra["citations"])
-    if not extra["verified"]:
-        assert text.startswith("UNVERIFIED") and extra["status"] in ("unverified", "no_sources")
-    else:
-        assert extra["citations"]
+    assert all(c["label"] and c["exact_quote"] for c in extra["citations"])
+    for claim in extra["claims"]:
+        assert claim["text"] in text  # the content shows each quote as it is cited
 
 
 def test_openai_chat_stream(server, ingested):
@@ -138,9 +153,31 @@ def test_openai_chat_stream(server, ingested):
     final = chunks[-1]
     assert final.choices[0].finish_reason in ("stop", "length")
     extra = final.model_extra["twinloop"]
-    assert "law" in extra["domains"]
-    if not extra["verified"]:
-        assert "UNVERIFIED" in text
+    assert "law" in extra["domains"] and extra["status"] in ("answered", "cannot_verify", "out_of_scope")
+
+
+@pytest.mark.parametrize(("domain", "question", "fact"), [
+    ("law", "How long does a controller have to act on a data subject's request?", "one month"),
+    ("med", "What is the scientific name of the whipworm that infects humans?", "Trichuris trichiura"),
+    ("fin", "What was the gross margin in fiscal 2019?", "41.2%"),
+])
+def test_one_grounded_answer_per_domain(http, ingested, domain, question, fact):
+    """The real model under the quote constraint: the fact comes back in the passage's words."""
+    r = http.post("/v1/answer", headers=auth("reader"), json={"query": question, "domain": domain})
+    record = r.json()
+    assert r.status_code == 200 and record["status"] == "answered", record
+    check_grounded(record)
+    assert any(fact in c["text"] for c in record["claims"]), record["claims"]
+
+
+def test_a_question_the_index_cannot_answer_is_refused(http, ingested):
+    r = http.post("/v1/answer", headers=auth("reader"),
+                  json={"query": "What fine does US federal law set for a late breach notification?", "domain": "law"})
+    record = r.json()
+    assert record["status"] == "out_of_scope" and record["claims"] == [], record
+    assert record["completion_tokens"] == 0 and "Searched: law" in record["summary"]
+    retrieved = {x["uri"] for x in record["retrieved"]}
+    assert {x["uri"] for x in record["possibly_related"]} <= retrieved  # nearest passages, listed, not claimed
 
 
 @pytest.mark.parametrize(("role", "method", "path", "body", "status"), [
@@ -182,6 +219,6 @@ def test_metrics_parse(http, ingested):
     families = {f.name: f for f in text_string_to_metric_families(r.text)}
     assert families["twinloop_http_request_duration_seconds"].type == "histogram"
     stages = {s.labels.get("stage") for s in families["twinloop_pipeline_stage_duration_seconds"].samples}
-    assert {"route", "retrieve", "generate", "verify"} <= stages
+    assert {"route", "retrieve", "decide", "generate", "assemble"} <= stages
     tps = [s for s in families["twinloop_engine_tokens_per_second"].samples if s.name.endswith("_count")]
     assert tps and tps[0].value > 0

@@ -8,6 +8,7 @@ cases through the real default models.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 
@@ -66,6 +67,9 @@ def served(tiny_runtime):
         docs = [d for d in pack_corpus(load_pack(domain)) if d.uri in wanted]
         rt.knowledge.ingest(domain, docs)
     service = Service(rt)
+    # An index of four passages gives evidence unlike the seeded packs' the shipped threshold
+    # was fitted on; these tests are about the dry run, so every retrieved answer is attempted.
+    service.pipeline.answerability = dataclasses.replace(service.pipeline.answerability, thresholds={}, default=0.0)
     metrics = ApiMetrics()
     service.engine.add_observer(EngineObserver(metrics))
     service.start()
@@ -97,15 +101,35 @@ class _Done:
         return self._result
 
 
+def scripted_tokens(constraint, sentence: str | None) -> list[int]:
+    """What a model obeying the quote constraint writes to quote ``sentence`` (or, for None, a
+    sentence of the last passage that is not the scripted one: a wrong answer)."""
+    g = constraint.grammar
+    for n, p in enumerate(constraint.passages, start=1):
+        i = p.text.find(sentence) if sentence else -1
+        if sentence and i < 0:
+            continue
+        if sentence is None:
+            if n != len(constraint.passages):
+                continue
+            i = 0
+        start = max(s for s in p.starts if max(p.offsets[s][0], 0) <= i)
+        end = min(e for e in p.ends if e > start)
+        return [*g.open, g.numbers[n - 1], *g.close, *p.ids[start:end], g.eos]
+    raise AssertionError(f"no retrieved passage holds {sentence!r}")
+
+
 class ScriptedEngine:
-    """Answers each case with its SCRIPT sentence; ``wrong`` adapters answer WRONG, ``failing``
+    """Answers each case by quoting its SCRIPT sentence, as a model under the quote constraint
+    would; ``wrong`` adapters quote another sentence (WRONG when unconstrained), ``failing``
     case queries fail in generation, ``finish`` overrides the finish reason."""
 
     def __init__(self, cases: list[QaCase], wrong: tuple[str, ...] = (), failing: tuple[str, ...] = (),
-                 finish: str = "stop") -> None:
+                 finish: str = "stop", foundation=None) -> None:
         self.by_query = {c.query: c.id for c in cases}
         self.wrong, self.failing, self.finish = wrong, failing, finish
         self.adapters_seen: list[str] = []
+        self.foundation = foundation
 
     def submit(self, gen) -> _Done:
         self.adapters_seen.append(gen.adapter)
@@ -113,8 +137,16 @@ class ScriptedEngine:
         case_id = next(cid for q, cid in self.by_query.items() if q in prompt)
         if case_id in self.failing:
             return _Done(None, RuntimeError("generate failed: out of memory"))
-        text = WRONG if gen.adapter in self.wrong else SCRIPT[case_id]
-        return _Done(GenResult(gen.request_id, text, 10, 5, self.finish, 0.0, 0.001, 1, gen.adapter))
+        wrong = gen.adapter in self.wrong
+        if wrong and gen.constraint is not None:
+            return _Done(None, RuntimeError("generate failed: the adapter's weights are NaN"))
+        if gen.constraint is None:
+            text, ids = (WRONG if wrong else SCRIPT[case_id]), ()
+        else:
+            ids = tuple(scripted_tokens(gen.constraint, None if wrong else SCRIPT[case_id]))
+            text = self.foundation.tokenizer.decode(ids, skip_special_tokens=True)
+        return _Done(GenResult(gen.request_id, text, 10, len(ids) or 5, self.finish, 0.0, 0.001, 1, gen.adapter,
+                               token_ids=ids))
 
 
 def test_dry_run_writes_nothing_and_touches_no_metrics(served, qa_engine, cases):
@@ -141,9 +173,10 @@ def test_scripted_answers_pass_with_their_citations(served, cases):
     service, _ = served
     # Four timed cases on a shared machine: the first one's warm-up can pass the 500 ms p95;
     # latency is the gate tests' subject, not this one's.
-    report = run_qa(cases, pipeline=service.pipeline, engine=ScriptedEngine(cases), candidate=service.active,
+    engine = ScriptedEngine(cases, foundation=service.runtime.foundation)
+    report = run_qa(cases, pipeline=service.pipeline, engine=engine, candidate=service.active,
                     cfg=QaConfig(latency_p95_ms=60_000), route=False)
-    assert [c.passed for c in report.cases] == [True] * len(cases), [c.to_dict() for c in report.cases]
+    assert [c.passed for c in report.cases] == [True] * len(cases), [(c.case_id, c.status, c.answer, c.citations) for c in report.cases if not c.passed]
     assert report.summary["citation_rate"] == 1.0 and report.passed, report.failures()
     law = next(c for c in report.cases if c.case_id == "law-gdpr-38-3-dpo-reporting")
     assert law.citations == ("http://data.europa.eu/eli/reg/2016/679/oj#art_38-3",) and law.verified
@@ -154,13 +187,15 @@ def test_candidate_worse_on_one_domain_fails_the_forgetting_check(served, cases)
     service, _ = served
     active = service.active
     candidate = ServingRelease(id="rel_cand", router=active.router, adapters={"law": "law@rel_cand"})
-    engine = ScriptedEngine(cases, wrong=("law@rel_cand",))
+    engine = ScriptedEngine(cases, wrong=("law@rel_cand",), foundation=service.runtime.foundation)
     report = run_qa(cases, pipeline=service.pipeline, engine=engine, candidate=candidate, baseline=active,
                     cfg=QaConfig(pass_rate=0.5), route=False)
     assert "law@rel_cand" in engine.adapters_seen and "__base__" in engine.adapters_seen
     assert not report.passed
-    assert [f.split(":")[0] for f in report.failures()] == ["citation_rate", "forgetting"]
-    assert "law pass rate 0.000 < Active's 1.000" in report.failures()[1]
+    # A grounded answer cannot be made wrong by the model alone (its quotes are passages', and
+    # the best sentence is quoted anyway), so the regressed adapter here fails outright.
+    failures = {f.split(":")[0]: f for f in report.failures()}
+    assert "forgetting" in failures and "law pass rate 0.000 < Active's 1.000" in failures["forgetting"]
     assert report.per_domain["law"]["pass_rate"] == 0.0 and report.per_domain["law"]["baseline_pass_rate"] == 1.0
     assert report.per_domain["med"]["pass_rate"] == 1.0 == report.per_domain["med"]["baseline_pass_rate"]
     assert (report.release_id, report.baseline_id) == ("rel_cand", active.id)
@@ -168,7 +203,7 @@ def test_candidate_worse_on_one_domain_fails_the_forgetting_check(served, cases)
 
 def test_engine_error_is_counted_not_raised(served, cases):
     service, _ = served
-    engine = ScriptedEngine(cases, failing=("med-whipworm-name",))
+    engine = ScriptedEngine(cases, failing=("med-whipworm-name",), foundation=service.runtime.foundation)
     report = run_qa(cases, pipeline=service.pipeline, engine=engine, candidate=service.active, cfg=QaConfig(),
                     route=False)
     failed = next(c for c in report.cases if c.case_id == "med-whipworm-name")
@@ -185,14 +220,15 @@ def test_unloaded_adapter_and_cut_off_answers_are_errors(served, qa_engine, case
     assert report.summary["error_rate"] == 1.0 and not report.passed
     assert all("adapter 'law@rel_ghost' is not loaded" in c.error or "med@rel_ghost" in c.error
                for c in report.cases)
-    timed_out = run_qa(cases, pipeline=service.pipeline, engine=ScriptedEngine(cases, finish="timeout"),
+    timed_out = run_qa(cases, pipeline=service.pipeline, engine=ScriptedEngine(cases, finish="timeout", foundation=service.runtime.foundation),
                        candidate=service.active, cfg=QaConfig(), route=False)
     assert all("finish_reason='timeout'" in c.error for c in timed_out.cases)
 
 
 def test_run_refuses_empty_or_duplicate_cases(served, cases):
     service, _ = served
-    kw = dict(pipeline=service.pipeline, engine=ScriptedEngine(cases), candidate=service.active, cfg=QaConfig())
+    engine = ScriptedEngine(cases, foundation=service.runtime.foundation)
+    kw = dict(pipeline=service.pipeline, engine=engine, candidate=service.active, cfg=QaConfig())
     with pytest.raises(InvalidInputError, match="no QA cases"):
         run_qa([], **kw)
     with pytest.raises(InvalidInputError, match="appears twice"):
@@ -215,24 +251,26 @@ def test_dry_run_log_keeps_records_in_memory_only():
 
 def test_toxic_answers_are_counted(served, cases):
     service, _ = served
-    report = run_qa(cases, pipeline=service.pipeline, engine=ScriptedEngine(cases), candidate=service.active,
+    engine = ScriptedEngine(cases, foundation=service.runtime.foundation)
+    report = run_qa(cases, pipeline=service.pipeline, engine=engine, candidate=service.active,
                     cfg=QaConfig(), route=False, toxicity=lambda text: 0.9 if "smoking" in text else 0.0)
     assert [c.case_id for c in report.cases if c.toxic] == ["med-lung-cancer-cause"]
     assert report.summary["toxicity"] == 0.25 and "toxicity" in {f.split(":")[0] for f in report.failures()}
 
 
-def test_pipeline_answers_are_judged_without_the_unverified_notice(cases):
+def test_pipeline_answers_are_judged_on_their_quotes(cases):
     from twinloop.kernel.toxicity import ToxicityScorer
-    from twinloop.serving import verify
-    from twinloop.serving.types import AnswerRecord
+    from twinloop.serving.types import AnswerRecord, Claim
 
     case = next(c for c in cases if c.id == "med-whipworm-name")
-    text = f"{verify.NO_SOURCE_NOTICE}\n\n{SCRIPT[case.id]}"
-    record = AnswerRecord(request_id="req_1", query=case.query, text=text, verified=False, status="no_sources",
-                          citations=[], domains=["med"], router_scores={}, release_id="base", adapter="__base__",
-                          timings_ms={})
+    quote = SCRIPT[case.id]
+    record = AnswerRecord(request_id="req_1", query=case.query, status="answered",
+                          summary="Quoted from the sources, word for word. Sources: [1].", claims=[Claim(quote, [1])],
+                          citations=[], text=f"Quoted from the sources, word for word. Sources: [1].\n[1] \u201c{quote}\u201d",
+                          grounded=True, mode="generated", as_of="2026-01-01", jurisdiction=None, searched={},
+                          release_id="base", domains=["med"], router_scores={}, adapter="__base__", timings_ms={})
     result = score_pipeline_answer(case, record, 5.0, ToxicityScorer())
-    assert result.answer == SCRIPT[case.id] and result.content_ok and result.status == "no_sources"
+    assert result.content_ok and result.status == "answered" and result.verified
 
 
 # -- a release's dry run, stored with it ---------------------------------------------------------

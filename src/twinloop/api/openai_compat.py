@@ -63,6 +63,10 @@ class ChatCompletionBody(_Lenient):
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = Field(default=None, max_length=200, description="Stored only as a salted hash.")
+    as_of: str | None = Field(default=None, max_length=32,
+                              description="TwinLoop extra: ISO date, the law in force that day (openai: extra_body).")
+    jurisdiction: str | None = Field(default=None, max_length=50,
+                                     description="TwinLoop extra: only sources of this jurisdiction (openai: extra_body).")
 
 
 def resolve_model(svc: Service, model: str) -> str | None:
@@ -104,10 +108,14 @@ def last_user_text(messages: list[ChatMessage]) -> str:
     raise ApiError(422, "messages holds no 'user' message to answer", code="invalid_value", param="messages")
 
 
+CONTRACT = ("status", "summary", "claims", "citations", "as_of", "jurisdiction", "searched", "release_id",
+            "request_id", "timings_ms", "grounded", "mode", "verified", "domains", "possibly_related", "finish_reason")
+"""The answer contract's fields, as ``/v1/answer`` returns them (serving/types.AnswerRecord)."""
+
+
 def _extra(record: dict[str, Any]) -> dict[str, Any]:
-    return {"request_id": record["request_id"], "verified": record["verified"], "status": record["status"],
-            "citations": record["citations"], "domains": record["domains"], "release_id": record["release_id"],
-            "finish_reason": record["finish_reason"]}
+    """The ``twinloop`` object of a chat completion: the answer contract."""
+    return {k: record[k] for k in CONTRACT}
 
 
 def _usage(record: dict[str, Any]) -> dict[str, int]:
@@ -122,7 +130,8 @@ async def chat_completions(body: ChatCompletionBody, request: Request, svc: Serv
     max_tokens = body.max_completion_tokens or body.max_tokens
     check_max_tokens(max_tokens, svc)
     req = AnswerRequest(query=last_user_text(body.messages), user_id=body.user, domain=domain,
-                        max_tokens=max_tokens, request_id=record_id(request))
+                        as_of=body.as_of, jurisdiction=body.jurisdiction, max_tokens=max_tokens,
+                        request_id=record_id(request))
     metrics = request.app.state.metrics
     created = int(time.time())
     chat_id = f"chatcmpl-{req.request_id}"
@@ -164,9 +173,11 @@ async def chat_completions(body: ChatCompletionBody, request: Request, svc: Serv
             elif event["type"] == "answer":
                 record = event["record"]
                 metrics.observe_record(record)
-                text, sent = record["text"], "".join(streamed)
-                if text != sent and text.endswith(sent):  # the UNVERIFIED notice put before the text
-                    yield chunk({"content": "\n\n" + text[: len(text) - len(sent)].strip()})
+                sep = "\n\n" if streamed else ""
+                if record["mode"] == "generated":  # the quotes streamed as written; then their sources
+                    yield chunk({"content": sep + record["summary"]})
+                elif record["mode"] != "free":  # a refusal or quoted fallback: what the user must read
+                    yield chunk({"content": sep + record["text"]})
                 yield chunk({}, _FINISH.get(record["finish_reason"], "stop"), twinloop=_extra(record))
                 if include_usage:
                     yield sse({"id": chat_id, "object": "chat.completion.chunk", "created": created,

@@ -20,6 +20,7 @@ from twinloop.api.errors import ApiError
 from twinloop.api.metrics import CONTENT_TYPE, domain_label
 from twinloop.api.schemas import (
     AnswerBody,
+    AnswerResult,
     FeedbackBody,
     FeedbackResult,
     GenerateBody,
@@ -64,14 +65,17 @@ def answer_request(body: AnswerBody, request: Request) -> AnswerRequest:
                          request_id=record_id(request))
 
 
-@router.post("/v1/answer", tags=["answer"], summary="Answer a question with citations (JSON or SSE)")
+@router.post("/v1/answer", tags=["answer"], summary="Answer a question with citations (JSON or SSE)",
+             responses={200: {"model": AnswerResult, "description": "The answer contract (or SSE events)."}})
 async def answer(body: AnswerBody, request: Request, svc: Service = Depends(service),
                  _: Principal = Depends(require("reader"))) -> Any:
-    """Route, retrieve, generate and verify; returns the answer record.
+    """Route, retrieve, decide, generate and assemble; returns the answer contract.
 
-    With ``stream: true`` the response is ``text/event-stream``: a ``meta`` event (domains,
+    In a citation-required domain every claim is a verbatim quote of a retrieved passage it
+    cites, or the status is ``cannot_verify`` / ``out_of_scope`` with no claim. With
+    ``stream: true`` the response is ``text/event-stream``: a ``meta`` event (domains,
     retrieved passages), ``delta`` events with the text as it is generated, an ``answer``
-    event with the verified record, then ``data: [DONE]``.
+    event with the same record the blocking call returns, then ``data: [DONE]``.
     """
     check_max_tokens(body.max_tokens, svc)
     req = answer_request(body, request)

@@ -122,3 +122,58 @@ class FaultBody(_Body):
 
 class RetentionBody(_Body):
     dry_run: bool = Field(default=True, description="Only report what would be removed.")
+
+
+class CitationOut(BaseModel):
+    n: int = Field(description="The passage's number; claims cite it as [n].")
+    domain: str
+    source: str | None
+    code: str | None
+    article: str | None
+    part: str | None
+    clause: str | None
+    edition_date: str | None = Field(description="Date of the edition the passage is from, as stored.")
+    valid_from: str | None
+    valid_to: str | None
+    uri: str | None
+    sha256: str = Field(description="SHA-256 of the stored passage text, which exact_quote is a substring of.")
+    exact_quote: str = Field(description="The words the answer takes from this passage, verbatim.")
+    label: str
+    score: float
+    chunk_id: int
+
+
+class ClaimOut(BaseModel):
+    text: str = Field(description="In a citation-required domain: a verbatim span of a cited passage.")
+    citations: list[int]
+
+
+class AnswerResult(BaseModel):
+    """The answer contract: the same from /v1/answer, `twinloop answer --json` and the `twinloop`
+    object of chat completions."""
+
+    status: Literal["answered", "cannot_verify", "out_of_scope"]
+    summary: str
+    claims: list[ClaimOut]
+    citations: list[CitationOut]
+    as_of: str | None
+    jurisdiction: str | None
+    searched: dict[str, Any] = Field(description="domains, as_of, jurisdiction, top_scores, answerability.")
+    release_id: str
+    request_id: str
+    timings_ms: dict[str, float]
+    grounded: bool = Field(description="Every claim is a verbatim span of a passage it cites.")
+    mode: Literal["generated", "extractive", "free", "refused"]
+    verified: bool
+    text: str = Field(description="Summary and claims as one text (chat content).")
+    possibly_related: list[dict[str, Any]] = Field(description="For a refusal: nearest passages, not claims.")
+    domains: list[str]
+    query: str
+    router_scores: dict[str, float]
+    adapter: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str
+    index_revision: int | None
+    verification: str
+    retrieved: list[dict[str, Any]]

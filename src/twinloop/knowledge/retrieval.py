@@ -146,8 +146,9 @@ class Retriever:
                 jurisdictions.setdefault(domain, set()).add(jur)
             if code:
                 articles.setdefault(code, set())
-                if article:
-                    articles[code].add(str(article))
+                number = _ARTICLE_NUMBER.search(str(article or ""))
+                if number:  # "§ 4f", "Art. 12", "12" → "4f", "12"
+                    articles[code].add(number.group(0).replace(" ", "").lower())
         found = {"jurisdictions": {d: frozenset(v) for d, v in jurisdictions.items()},
                  "articles": {c: frozenset(v) for c, v in articles.items()}}
         with self._eligible_lock:
@@ -196,6 +197,9 @@ class Retriever:
             while len(self._eligible) > 256:
                 self._eligible.popitem(last=False)
         return found
+
+
+_ARTICLE_NUMBER = re.compile(r"\d+\s*[a-zA-Z]?\b")
 
 
 class View:

@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 import torch
-from transformers import StoppingCriteria
+from transformers import LogitsProcessor, StoppingCriteria
 from transformers.generation.streamers import BaseStreamer
 
 from twinloop.serving.types import GenResult
@@ -78,6 +78,7 @@ class _Row:
             generate_seconds=time.perf_counter() - self.batch_start,
             batch_size=self.batch_size,
             adapter=job.adapter,
+            token_ids=tuple(self.detok.ids),
         )
         job._complete(result)
 
@@ -133,3 +134,30 @@ class _RowStops(StoppingCriteria):
             )
         self.on_step(now)
         return torch.tensor(out, dtype=torch.bool, device=input_ids.device)
+
+
+class _RowConstraints(LogitsProcessor):
+    """Masks each constrained row's logits to what its constraint allows (serving/quotes.py).
+
+    Called once per decoding step with the (batch, vocab) scores; a row's constraint is fed
+    the token that row produced at the previous step first. Rows without a constraint, and
+    rows that have ended, are left alone, so constrained and free rows of any adapters share a
+    batch.
+    """
+
+    def __init__(self, rows: list[_Row], width: int) -> None:
+        self.rows = rows
+        self.width = width
+        self._fed = [0] * len(rows)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        step = input_ids.shape[1] - self.width
+        for i, row in enumerate(self.rows):
+            constraint = row.job.request.constraint
+            if constraint is None or row.finish is not None:
+                continue
+            if step > self._fed[i]:
+                constraint.advance(int(input_ids[i, -1]))
+                self._fed[i] = step
+            constraint.mask(scores[i])  # (vocab,) row view, masked in place
+        return scores

@@ -44,7 +44,6 @@ from twinloop.release.qa import (
     score_answer,
     unique_cases,
 )
-from twinloop.serving import verify
 from twinloop.serving.pipeline import AnswerPipeline, AnswerRequest
 from twinloop.serving.release import ServingRelease
 from twinloop.serving.requestlog import RequestLog
@@ -57,8 +56,6 @@ if TYPE_CHECKING:  # the engine and the models import torch; this module must no
     from twinloop.release.registry import ReleaseRegistry
     from twinloop.serving.engine import GenerationEngine
 
-PIPELINE_NOTICES = (verify.UNVERIFIED_NOTICE, verify.NO_SOURCE_NOTICE)
-"""What the answer pipeline may put before the model's text; QA judges the text without it."""
 
 
 # -- isolation -------------------------------------------------------------------------------
@@ -95,16 +92,17 @@ class DryRunLog(RequestLog):
 
 
 def dry_run_pipeline(pipeline: AnswerPipeline, log: DryRunLog | None = None) -> AnswerPipeline:
-    """A copy of ``pipeline`` (same retriever, domains and limits) that logs to ``log``."""
+    """A copy of ``pipeline`` (same retriever, domains, limits and answerability) that logs to ``log``."""
     return AnswerPipeline(pipeline.retriever, pipeline.domains, log if log is not None else DryRunLog(),
-                          pipeline.config, max_query_chars=pipeline.max_query_chars)
+                          pipeline.config, max_query_chars=pipeline.max_query_chars,
+                          answerability=pipeline.answerability)
 
 
 def score_pipeline_answer(case: QaCase, record: AnswerRecord, latency_ms: float,
                           toxicity: ToxicityScorer) -> CaseResult:
-    """Judge an answer of the pipeline: :func:`~twinloop.release.qa.judge.score_answer` on
-    what the model wrote, without the pipeline's UNVERIFIED notice."""
-    return score_answer(case, record, latency_ms, toxicity, notices=PIPELINE_NOTICES)
+    """Judge an answer of the pipeline: :func:`~twinloop.release.qa.judge.score_answer` on its
+    text (summary and quoted claims: every fact in it is a passage's own words)."""
+    return score_answer(case, record, latency_ms, toxicity)
 
 
 # -- the run ---------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from twinloop.foundation.model import left_pad
 from twinloop.kernel.config import ServingConfig
 from twinloop.kernel.errors import InvalidInputError, TwinLoopError
 from twinloop.serving.adapters import AdapterRegistry
-from twinloop.serving.batch import _Row, _RowStops, _RowStreamer
+from twinloop.serving.batch import _Row, _RowConstraints, _RowStops, _RowStreamer
 from twinloop.serving.pending import Pending, _Detokenizer, _wake  # noqa: F401  (_Detokenizer: tests)
 from twinloop.serving.types import BASE_ADAPTER, GenRequest, check_max_tokens
 
@@ -399,6 +399,13 @@ class GenerationEngine:
         log.debug("batch of %d %s done in %.3f s (%d new tokens)", len(rows), ids, seconds, new_tokens)
         self._notify("on_batch", len(rows), adapters, seconds, new_tokens)
 
+    def _processors(self, rows: list[_Row], width: int):
+        """The repetition penalty, then each constrained row's mask (last, so nothing undoes it)."""
+        procs = self.foundation.repetition_processors(width)
+        if any(r.job.request.constraint is not None for r in rows):
+            procs.append(_RowConstraints(rows, width))
+        return procs
+
     def _generate(self, model: Any, rows: list[_Row]) -> None:
         """One ``generate`` call for the batch; rows end through the streamer and criterion."""
         prompts = [r.job._prompt for r in rows]
@@ -409,7 +416,7 @@ class GenerationEngine:
         req = rows[0].job.request  # rows share the sampling mode (see _mode)
         kwargs: dict[str, Any] = dict(
             max_new_tokens=max(r.limit for r in rows),
-            logits_processor=self.foundation.repetition_processors(width),
+            logits_processor=self._processors(rows, width),
             do_sample=req.temperature > 0,
             eos_token_id=sorted(self._stop_ids),
             pad_token_id=pad,

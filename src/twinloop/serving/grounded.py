@@ -50,6 +50,8 @@ FALLBACK_MARGIN = 0.85
 """The second sentence is quoted only when it scores at least this share of the best."""
 MIN_RELEVANCE = 0.25
 """A claim whose sentence scores below this says nothing about the question: dropped."""
+RELATIVE_RELEVANCE = 0.6
+"""A claim scoring below this share of the best claim's relevance is dropped."""
 POSSIBLY_RELATED = 3
 """Passages a refusal lists as possibly related (never as claims)."""
 
@@ -86,7 +88,7 @@ def decide(question: str, domains: list[str], hits: Sequence[Any], catalog: Cata
         return Decision("out_of_scope", verdict.reason, verdict=verdict)
     if not hits:
         return Decision("cannot_verify", "nothing in the index matched the question")
-    ranked = rank_sentences(question, [h.text for h in hits], embedder, query_vector)
+    ranked = rank_sentences(question, [h.text for h in hits], embedder, query_vector, [h.score for h in hits])
     feats = features(question, ranked, hits)
     p = answerability.probability(feats)
     threshold = max(answerability.threshold(d) for d in domains) if domains else answerability.default
@@ -160,6 +162,9 @@ def assemble(question: str, tokens: Sequence[int], q: Quoting, ranked: Sequence[
     dropped: list[str] = []
     for c in parse_claims(tokens, q.passages, q.grammar):
         text = q.passages[c.n - 1].text
+        if not c.complete:  # cut off by the token limit: a fragment, not a statement
+            dropped.append(f"[{c.n}] cut off by the token limit")
+            continue
         if not _numbers_supported(c, text):
             dropped.append(f"[{c.n}] numbers or dates not in the passage it cites")
             continue
@@ -171,7 +176,24 @@ def assemble(question: str, tokens: Sequence[int], q: Quoting, ranked: Sequence[
             continue
         kept.append(GroundedClaim(c.text, [c.n], c.n, c.start, c.end))
     if kept:
-        return Grounded(kept, "generated", dropped)
+        # A claim far less relevant than the best one adds reading and no answer.
+        scores = {(k.n, k.start): _relevance_of(k, relevance) for k in kept}
+        best = max(scores.values())
+        final = []
+        for k in kept:
+            if scores[(k.n, k.start)] < RELATIVE_RELEVANCE * best:
+                dropped.append(f"[{k.n}] far less relevant than the best claim")
+            else:
+                final.append(k)
+        # The sentence retrieval ranks best goes in too when the model quoted elsewhere: a
+        # 135M model often opens on the right passage but the wrong sentence, and a second
+        # verbatim, cited quote costs the user one line (measured in docs/bench/grounding.md).
+        if ranked and not any(k.n == ranked[0].n and k.start < ranked[0].end and ranked[0].start < k.end
+                              for k in final):
+            top = ranked[0]
+            final.append(GroundedClaim(top.text, [top.n], top.n, top.start, top.end))
+        final.sort(key=lambda k: -_relevance_of(k, relevance))
+        return Grounded(final, "generated", dropped)
     return Grounded(extractive(ranked), "extractive", dropped)
 
 
@@ -191,6 +213,10 @@ def _numbers_supported(c: Claim, passage: str) -> bool:
     its passage, so this holds by construction; it is checked anyway, as the rule is about the
     answer, not about how it was made."""
     return all(n in passage for n in _NUMBER.findall(c.text))
+
+
+def _relevance_of(k: GroundedClaim, relevance: dict[tuple[int, int, int], float]) -> float:
+    return _relevance(Claim(k.n, k.start, k.end, k.text, True), relevance)
 
 
 def _relevance(c: Claim, relevance: dict[tuple[int, int, int], float]) -> float:

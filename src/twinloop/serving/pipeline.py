@@ -1,11 +1,13 @@
-"""The answer pipeline of one release: route → retrieve → prompt → generate → verify.
+"""The answer pipeline of one release: route → retrieve → decide → generate → assemble.
 
 A request is pinned to the release that was Active when it was admitted (docs/DESIGN.md
-"Serving"): its router, index revision and adapters, so a swap never
-changes an answer half-way. The pipeline is split into :meth:`AnswerPipeline.prepare` (route,
-retrieve, build the prompt) and :meth:`AnswerPipeline.finish` (verify, build the record, log
-it) around the engine's generation, so the same steps serve blocking, async and streaming
-callers.
+"Serving"): its router, index revision and adapters, so a swap never changes an answer
+half-way. :meth:`AnswerPipeline.prepare` routes, retrieves and — in a domain that requires
+citations — decides before any generation whether the question is out of scope or cannot be
+verified (``serving/grounded.py``); :meth:`AnswerPipeline.constrain` adds the quote constraint
+(``serving/quotes.py``) with the engine's tokenizer; :meth:`AnswerPipeline.finish` reads the
+claims back, builds the record and logs it. The same steps serve blocking, async and streaming
+callers, so a stream ends with the same record the blocking call returns.
 """
 
 from __future__ import annotations
@@ -13,19 +15,31 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date
 
 from twinloop.kernel.config import ServingConfig
 from twinloop.kernel.errors import InvalidInputError
 from twinloop.knowledge.domains import DomainRegistry
 from twinloop.knowledge.retrieval import Hit, Retriever, parse_date
-from twinloop.serving import verify
+from twinloop.serving.evidence import Answerability, default_answerability
+from twinloop.serving.grounded import (
+    POSSIBLY_RELATED,
+    Decision,
+    Quoting,
+    assemble,
+    decide,
+    passage_sha256,
+    quoting,
+)
+from twinloop.serving.quotes import MAX_PASSAGES
 from twinloop.serving.release import ServingRelease
 from twinloop.serving.requestlog import RequestLog
+from twinloop.serving.scope import Catalog, check_jurisdiction
 from twinloop.serving.types import (
     AnswerRecord,
     Citation,
+    Claim,
     GenRequest,
     GenResult,
     check_max_tokens,
@@ -33,16 +47,16 @@ from twinloop.serving.types import (
 )
 
 SYSTEM_PROMPT = (
-    "You answer questions using only the numbered sources given with the question. After each "
-    "statement, cite its source number in square brackets, like [1]. If the sources do not "
-    "contain the answer, say that you do not know."
+    "You answer questions by quoting the numbered sources given with the question. Write the "
+    "number of a source in square brackets, like [1], then copy the sentence of that source that "
+    "answers the question, word for word. Use one line per quote, and quote only what answers it."
 )
 GENERAL_SYSTEM_PROMPT = "You are a helpful assistant. Answer briefly and accurately."
 
 
 @dataclass(frozen=True)
 class AnswerRequest:
-    """A ``/v1/answer`` request."""
+    """A question to answer (``/v1/answer``, ``twinloop answer``, chat completions)."""
 
     query: str
     user_id: str | None = None
@@ -52,6 +66,7 @@ class AnswerRequest:
     as_of: str | None = None
     """ISO date: answer with the law in force that day (default today)."""
     jurisdiction: str | None = None
+    """Only sources of this jurisdiction (``EU``, ``DE``); one the index lacks → out_of_scope."""
     max_tokens: int | None = None
     request_id: str = field(default_factory=new_request_id)
 
@@ -66,29 +81,47 @@ class Prepared:
     scores: dict[str, float]
     passages: list[Hit]
     citations_required: bool
-    gen: GenRequest
+    gen: GenRequest | None
+    """None when no generation is needed (a refusal decided before it)."""
     index_revision: int
     as_of: str
+    jurisdiction: str | None
     started: float
     timings_ms: dict[str, float]
+    decision: Decision | None = None
+    """The grounding decision of a citation-required domain (None otherwise)."""
+    quoting: Quoting | None = None
+    arm: str | None = None
+    """The canary arm the request was admitted on (set by the service)."""
 
 
 class AnswerPipeline:
-    """Answers questions for whichever release a request is pinned to."""
+    """Answers questions for whichever release a request is pinned to.
+
+    Args:
+        retriever: Hybrid retrieval over the index (its store's embedder also ranks sentences).
+        domains: Domain policies (citations required?).
+        requestlog: Where answered requests are recorded.
+        config: ``Settings.serving``.
+        max_query_chars: Longest question accepted.
+        answerability: The calibrated answerability model (default: the one shipped with the packs).
+    """
 
     def __init__(self, retriever: Retriever, domains: DomainRegistry, requestlog: RequestLog,
-                 config: ServingConfig, max_query_chars: int = 4000) -> None:
+                 config: ServingConfig, max_query_chars: int = 4000, *,
+                 answerability: Answerability | None = None) -> None:
         self.retriever = retriever
         self.domains = domains
         self.requestlog = requestlog
         self.config = config
         self.max_query_chars = max_query_chars
+        self.answerability = answerability or default_answerability()
 
     def prepare(self, req: AnswerRequest, release: ServingRelease) -> Prepared:
-        """Validate, route, retrieve and build the generation request.
+        """Validate, route, retrieve, decide (scope, answerability) and build the generation request.
 
         Raises:
-            InvalidInputError / UnknownDomainError: Bad query, domain, date or token limit.
+            InvalidInputError / UnknownDomainError: Bad query, domain, date, jurisdiction or token limit.
         """
         started = time.perf_counter()
         if not isinstance(req.query, str) or not req.query.strip():
@@ -98,6 +131,7 @@ class AnswerPipeline:
         max_tokens = req.max_tokens if req.max_tokens is not None else self.config.answer_max_new_tokens
         check_max_tokens(max_tokens, self.config.max_new_tokens_limit)
         day = parse_date(req.as_of) if req.as_of else date.today()
+        jurisdiction = check_jurisdiction(req.jurisdiction)
         timings: dict[str, float] = {}
 
         t = time.perf_counter()
@@ -116,16 +150,34 @@ class AnswerPipeline:
         # General questions get no sources unless general is asked for explicitly: its seed
         # corpus is a handful of encyclopaedic notes, not a knowledge base to cite.
         searchable = [d for d in domains if d != "general" or req.domain == "general"]
-        passages = (view.search(req.query, searchable, as_of=day, jurisdiction=req.jurisdiction,
+        passages = (view.search(req.query, searchable, as_of=day, jurisdiction=jurisdiction,
                                 query_vector=decision.query_vector).hits if searchable else [])
         timings["retrieve"] = _ms(t)
 
-        adapter = release.adapter_for(domains[0])
-        messages = self._messages(req.query, passages)
-        gen = GenRequest(messages=messages, max_new_tokens=max_tokens, adapter=adapter,
-                         timeout_s=self.config.request_timeout_s, request_id=req.request_id)
+        grounding = None
+        if citations_required:
+            t = time.perf_counter()
+            catalog = self.retriever.catalog(view.revision)
+            grounding = decide(req.query, searchable or domains, passages[:MAX_PASSAGES],
+                               Catalog(catalog["jurisdictions"], catalog["articles"]), jurisdiction,
+                               self.retriever.store.embedder, self.answerability, decision.query_vector)
+            timings["decide"] = _ms(t)
+
+        gen = None
+        if grounding is None or grounding.status == "answered":
+            adapter = release.adapter_for(domains[0])
+            messages = self._messages(req.query, passages[:MAX_PASSAGES] if grounding else passages)
+            gen = GenRequest(messages=messages, max_new_tokens=max_tokens, adapter=adapter,
+                             timeout_s=self.config.request_timeout_s, request_id=req.request_id)
         return Prepared(req, release, domains, decision.scores, passages, citations_required, gen,
-                        view.revision, day.isoformat(), started, timings)
+                        view.revision, day.isoformat(), jurisdiction, started, timings, grounding)
+
+    def constrain(self, prep: Prepared, tokenizer) -> GenRequest | None:
+        """The generation request, with the quote constraint when the answer must be grounded."""
+        if prep.gen is None or prep.decision is None:
+            return prep.gen
+        prep.quoting = quoting(tokenizer, prep.passages[:MAX_PASSAGES], prep.decision.ranked)
+        return replace(prep.gen, constraint=prep.quoting.constraint)
 
     @staticmethod
     def _messages(query: str, passages: list[Hit]) -> tuple[dict[str, str], ...]:
@@ -135,44 +187,67 @@ class AnswerPipeline:
         user = f"Sources:\n{sources}\n\nQuestion: {query}"
         return ({"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user})
 
-    def finish(self, prep: Prepared, result: GenResult) -> AnswerRecord:
-        """Verify the generated text, build the answer record and log it."""
+    def finish(self, prep: Prepared, result: GenResult | None) -> AnswerRecord:
+        """Assemble the answer record from what was decided and generated; log it."""
         t = time.perf_counter()
-        text = result.text
-        if prep.passages:
-            check = verify.check(text, prep.passages, prep.request.query)
-            cited = check.cited
+        req = prep.request
+        top = prep.passages[:MAX_PASSAGES]
+        searched = {"domains": prep.domains, "as_of": prep.as_of, "jurisdiction": prep.jurisdiction,
+                    "index_revision": prep.index_revision,
+                    "top_scores": [round(h.score, 4) for h in prep.passages[:5]]}
+        claims: list[Claim] = []
+        cited: dict[int, str] = {}
+        possibly_related: list[dict] = []
+        grounded, dropped = False, []
+        if prep.decision is not None:
+            searched |= prep.decision.searched()
+            status = prep.decision.status
+            if status == "answered" and result is not None and prep.quoting is not None:
+                made = assemble(req.query, result.token_ids, prep.quoting, prep.decision.ranked)
+                mode, dropped = made.mode, made.dropped
+                for c in made.claims:
+                    claims.append(Claim(c.text, list(c.citations)))
+                    cited.setdefault(c.n, c.text)
+                grounded = bool(claims)
+                if not claims:
+                    status = "cannot_verify"
+            elif status == "answered":  # no generation result (cannot happen in the pipeline)
+                status, mode = "cannot_verify", "refused"
+            else:
+                mode = "refused"
+            if status != "answered":
+                mode = "refused"
+                possibly_related = [{"n": i, "label": h.label, "uri": h.citation.get("uri"), "domain": h.domain,
+                                     "score": h.score} for i, h in enumerate(top[:POSSIBLY_RELATED], start=1)]
+            summary, verification = _grounded_summary(status, prep, claims, mode, dropped)
         else:
-            check, cited = None, []
-        citations = [_citation(n, prep.passages[n - 1], text) for n in cited]
-        if not prep.citations_required:
-            status, verified = "not_required", True
-        elif not prep.passages:
-            status, verified = "no_sources", False
-            text = f"{verify.NO_SOURCE_NOTICE}\n\n{text}"
-        elif check is not None and check.verified:
-            status, verified = "verified", True
-        else:
-            status, verified = "unverified", False
-            text = f"{verify.UNVERIFIED_NOTICE}\n\n{text}"
+            status, mode = "answered", "free"
+            summary = result.text.strip() if result is not None else ""
+            verification = "this domain does not require citations"
+        citations = [_citation(n, top[n - 1], cited[n]) for n in sorted(cited)]
+        text = _render(summary, claims, mode)
         timings = dict(prep.timings_ms)
-        timings["queue"] = round(result.queue_seconds * 1000, 3)
-        timings["generate"] = round(result.generate_seconds * 1000, 3)
-        timings["verify"] = _ms(t)
+        if result is not None:
+            timings["queue"] = round(result.queue_seconds * 1000, 3)
+            timings["generate"] = round(result.generate_seconds * 1000, 3)
+        timings["assemble"] = _ms(t)
         timings["total"] = _ms(prep.started)
         record = AnswerRecord(
-            request_id=prep.request.request_id, query=prep.request.query, text=text, verified=verified,
-            status=status, citations=citations, domains=prep.domains, router_scores=prep.scores,
-            release_id=prep.release.id, adapter=prep.gen.adapter, timings_ms=timings,
-            prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
-            finish_reason=result.finish_reason, index_revision=prep.index_revision, as_of=prep.as_of,
-            verification=check.reason if check is not None else "no passage was retrieved",
+            request_id=req.request_id, query=req.query, status=status, summary=summary, claims=claims,
+            citations=citations, text=text, grounded=grounded, mode=mode, as_of=prep.as_of,
+            jurisdiction=prep.jurisdiction, searched=searched, release_id=prep.release.id, domains=prep.domains,
+            router_scores=prep.scores, adapter=prep.gen.adapter if prep.gen is not None else "none",
+            timings_ms=timings, prompt_tokens=result.prompt_tokens if result else 0,
+            completion_tokens=result.completion_tokens if result else 0,
+            finish_reason=result.finish_reason if result else "stop", index_revision=prep.index_revision,
+            verification=verification,
             retrieved=[{"n": i, "label": h.label, "uri": h.citation.get("uri"), "domain": h.domain,
                         "score": h.score} for i, h in enumerate(prep.passages, start=1)],
+            possibly_related=possibly_related,
         )
         self.requestlog.record(
             request_id=record.request_id, kind="answer", query=record.query, release_id=record.release_id,
-            domains=record.domains, user_id=prep.request.user_id, session_id=prep.request.session_id,
+            domains=record.domains, user_id=req.user_id, session_id=req.session_id,
             adapter=record.adapter, answer=record.text, verified=record.verified, status=record.status,
             citations=[{"n": c.n, "uri": c.uri, "label": c.label} for c in citations],
             latency_ms=timings["total"],
@@ -182,41 +257,81 @@ class AnswerPipeline:
     def answer(self, req: AnswerRequest, release: ServingRelease, engine) -> AnswerRecord:
         """Blocking answer (CLI, benchmarks)."""
         prep = self.prepare(req, release)
-        return self.finish(prep, engine.submit(prep.gen).result())
+        gen = self.constrain(prep, engine.foundation.tokenizer)
+        return self.finish(prep, engine.submit(gen).result() if gen is not None else None)
 
     async def answer_async(self, req: AnswerRequest, release: ServingRelease, engine) -> AnswerRecord:
         # Embedding, search and the SQLite write block; keep them off the event loop.
         prep = await asyncio.to_thread(self.prepare, req, release)
-        result = await engine.submit(prep.gen).aresult()
+        gen = self.constrain(prep, engine.foundation.tokenizer)
+        result = await engine.submit(gen).aresult() if gen is not None else None
         return await asyncio.to_thread(self.finish, prep, result)
 
     async def answer_stream(self, prep: Prepared, engine) -> AsyncIterator[dict]:
         """Events for SSE: ``meta`` (routing and retrieved passages), ``delta`` (text as it is
-        generated), then ``answer`` (the verified record; its text may carry the UNVERIFIED
-        notice, which can only be known once the whole answer is there)."""
+        generated: in a grounded domain, the ``[n]`` quotes as the constrained decoder writes
+        them), then ``answer`` — the same record the blocking call returns."""
         # Submit before the first event, so a full queue surfaces as an error the API can
         # still turn into a 429 before any byte of the response is sent.
-        pending = engine.submit(prep.gen)
+        gen = self.constrain(prep, engine.foundation.tokenizer)
+        pending = engine.submit(gen) if gen is not None else None
         yield {"type": "meta", "request_id": prep.request.request_id, "release_id": prep.release.id,
                "domains": prep.domains, "router_scores": prep.scores,
                "retrieved": [{"n": i, "label": h.label, "uri": h.citation.get("uri")}
                              for i, h in enumerate(prep.passages, start=1)]}
-        try:
-            async for delta in pending.astream():
-                yield {"type": "delta", "text": delta}
-        except BaseException:
-            pending.cancel()
-            raise
-        record = await asyncio.to_thread(self.finish, prep, await pending.aresult())
+        result = None
+        if pending is not None:
+            try:
+                async for delta in pending.astream():
+                    yield {"type": "delta", "text": delta}
+            except BaseException:
+                pending.cancel()
+                raise
+            result = await pending.aresult()
+        record = await asyncio.to_thread(self.finish, prep, result)
         yield {"type": "answer", "record": record.to_dict()}
 
 
-def _citation(n: int, hit: Hit, answer: str) -> Citation:
+def _grounded_summary(status: str, prep: Prepared, claims: list[Claim], mode: str,
+                      dropped: list[str]) -> tuple[str, str]:
+    """The summary a user reads, and the one-line verification note."""
+    where = ", ".join(prep.domains)
+    when = f"as of {prep.as_of}"
+    jur = f", jurisdiction {prep.jurisdiction}" if prep.jurisdiction else ""
+    if status == "out_of_scope":
+        reason = prep.decision.reason if prep.decision else ""
+        return f"Out of scope: {reason} Searched: {where} ({when}{jur}).", reason
+    if status == "cannot_verify":
+        reason = prep.decision.reason if prep.decision and prep.decision.status != "answered" else \
+            "no quoted sentence of the passages answers it"
+        return (f"I cannot verify an answer to this from the sources I hold ({reason}). Searched: {where} "
+                f"({when}{jur}). The nearest passages are listed as possibly related; they are not an answer.",
+                reason)
+    sources = sorted({n for c in claims for n in c.citations})
+    if mode == "extractive":
+        note = "Quoted from the sources: the passages' own words, chosen by relevance (no generated answer held)."
+    else:
+        note = "Quoted from the sources, word for word."
+    verification = f"{len(claims)} claim(s), each a verbatim quote of a cited passage ({mode})"
+    if dropped:
+        verification += f"; dropped: {'; '.join(dropped)}"
+    return f"{note} Sources: {', '.join(f'[{n}]' for n in sources)} ({when}).", verification
+
+
+def _render(summary: str, claims: list[Claim], mode: str) -> str:
+    if mode == "free" or not claims:
+        return summary
+    lines = [summary] + [f"{''.join(f'[{n}]' for n in c.citations)} \u201c{c.text}\u201d" for c in claims]
+    return "\n".join(lines)
+
+
+def _citation(n: int, hit: Hit, quote: str) -> Citation:
     c = hit.citation
     return Citation(n=n, domain=hit.domain, source=c.get("source"), code=c.get("code"), article=c.get("article"),
                     part=c.get("part"), clause=c.get("clause"), edition_date=c.get("edition_date"),
-                    uri=c.get("uri"), label=hit.label, quote=verify.best_quote(hit.text, answer),
-                    score=hit.score, chunk_id=hit.chunk_id)
+                    valid_from=c.get("valid_from"), valid_to=c.get("valid_to"), uri=c.get("uri"),
+                    sha256=passage_sha256(hit.text), exact_quote=quote, label=hit.label, score=hit.score,
+                    chunk_id=hit.chunk_id)
 
 
 def _ms(since: float) -> float:

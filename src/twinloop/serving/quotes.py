@@ -37,8 +37,9 @@ from typing import Any
 
 import torch
 
-MAX_CLAIMS = 3
-"""Claims per answer: enough for a rule and its exception; more is a wall of quotes."""
+MAX_CLAIMS = 2
+"""Claims per answer: enough for a rule and its exception; more is a wall of quotes (and
+tokens a 2-core CPU spends copying text the user can read in the passage)."""
 MIN_QUOTE_TOKENS = 4
 """A quote shorter than this is a fragment, not a statement (a claim may end only after it)."""
 MAX_PASSAGES = 9

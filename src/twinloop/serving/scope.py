@@ -138,20 +138,29 @@ def out_of_scope(question: str, domains: list[str], catalog: Catalog, jurisdicti
         return ScopeVerdict(f"The index holds no sources for jurisdiction {jurisdiction}; it holds {holds}.",
                             {"jurisdiction": jurisdiction})
     q = " " + question.casefold() + " "
-    # A named source first: "CCPA", "StGB", "Article 150 GDPR".
+    # A named source first: "CCPA", "StGB", "Article 150 GDPR". A mention inside a longer
+    # one ("GDPR" in "UK GDPR") is that longer source's.
+    spans = []
     for src in gz.sources:
-        if not any(_mentions(q, a) for a in src.aliases):
-            continue
+        for a in src.aliases:
+            for m in re.finditer(r"(?<![\w])" + re.escape(a) + r"(?![\w])", q):
+                spans.append((m.start(), m.end(), src))
+    named = [s for s in spans if not any(o[0] <= s[0] and s[1] <= o[1] and (o[1] - o[0]) > (s[1] - s[0])
+                                         for o in spans)]
+    for src in dict.fromkeys(s[2] for s in sorted(named, key=lambda s: s[0])):
         stored = [c for c in src.stored_as if c in catalog.articles]
         if not stored:
             return ScopeVerdict(f"The index does not hold {src.code} ({src.jurisdiction}); its legal sources are "
                                 f"{', '.join(sorted(catalog.articles)) or 'none'}.",
                                 {"source": src.code, "jurisdiction": src.jurisdiction})
+    for src in dict.fromkeys(s[2] for s in sorted(named, key=lambda s: s[0])):
+        stored = [c for c in src.stored_as if c in catalog.articles]
         for m in _ARTICLE.finditer(question):
             number = m.group(1) + (m.group(2) or "").lower()
             if not any(number in catalog.articles[c] or m.group(1) in catalog.articles[c] for c in stored):
                 return ScopeVerdict(f"The index holds no article {number} of {src.code}.",
                                     {"source": src.code, "article": number})
+    if named:
         return None  # a held source named: in scope whatever else the question mentions
     for code, names in gz.jurisdictions.items():
         if code in held or any(code.startswith(h + "-") for h in held):

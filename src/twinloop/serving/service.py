@@ -26,7 +26,7 @@ from twinloop.serving.engine import QueueFullError
 from twinloop.serving.pipeline import AnswerPipeline, AnswerRequest
 from twinloop.serving.release import ReleaseLoader, ServingRelease
 from twinloop.serving.requestlog import RequestLog
-from twinloop.serving.types import AnswerRecord, Citation, GenRequest, new_request_id
+from twinloop.serving.types import AnswerRecord, GenRequest, new_request_id
 
 log = logging.getLogger(__name__)
 
@@ -69,10 +69,9 @@ class Service:
                                        max_query_chars=self.settings.api.max_query_chars)
         # Mirror traffic (canary mode "mirror") is answered and thrown away: its pipeline
         # logs to memory only, so the request log keeps one record per user request.
-        from twinloop.serving.dryrun import DryRunLog
+        from twinloop.serving.dryrun import DryRunLog, dry_run_pipeline
 
-        self._mirror_pipeline = AnswerPipeline(runtime.retriever, runtime.domains, DryRunLog(), self.settings.serving,
-                                               max_query_chars=self.settings.api.max_query_chars)
+        self._mirror_pipeline = dry_run_pipeline(self.pipeline, DryRunLog())
         self._mirror_tasks: set[asyncio.Task] = set()
         registry = runtime.releases
         base = registry.ensure_base(runtime.router.spec.to_json(), runtime.knowledge.current_revision(),
@@ -214,27 +213,24 @@ class Service:
         task.add_done_callback(self._mirror_tasks.discard)
 
     def _fallback(self, req: AnswerRequest) -> AnswerRecord:
-        """The breaker is open (paper §5.5): no generation; say so, and give the passages that
-        match the question so the user still has the sources (retrieval does not use the model)."""
+        """The breaker is open (paper §5.5): no generation; say so, and list the passages that
+        match the question as possibly related (retrieval does not use the model)."""
         wait = self.control.breaker.retry_after()
         prep = self.pipeline.prepare(req, self.active)
-        text = (f"The assistant is temporarily unavailable: after repeated failures its circuit breaker is "
-                f"open (retry in about {wait:.0f} s). No answer was generated.")
-        if prep.passages:
-            text += " These sources match your question: " + "; ".join(
-                f"[{i}] {h.label}" for i, h in enumerate(prep.passages, start=1))
+        summary = (f"The assistant is temporarily unavailable: after repeated failures its circuit breaker is "
+                   f"open (retry in about {wait:.0f} s). No answer was generated; the passages below match "
+                   "your question and are listed as possibly related, not as an answer.")
+        listed = [{"n": i, "label": h.label, "uri": h.citation.get("uri"), "domain": h.domain, "score": h.score}
+                  for i, h in enumerate(prep.passages, start=1)]
         return AnswerRecord(
-            request_id=req.request_id, query=req.query, text=text, verified=False, status="unverified",
-            citations=[Citation(n=i, domain=h.domain, source=h.citation.get("source"), code=h.citation.get("code"),
-                                article=h.citation.get("article"), part=h.citation.get("part"),
-                                clause=h.citation.get("clause"), edition_date=h.citation.get("edition_date"),
-                                uri=h.citation.get("uri"), label=h.label, quote="", score=h.score,
-                                chunk_id=h.chunk_id) for i, h in enumerate(prep.passages, start=1)],
-            domains=prep.domains, router_scores=prep.scores, release_id=prep.release.id, adapter="none",
+            request_id=req.request_id, query=req.query, status="cannot_verify", summary=summary, claims=[],
+            citations=[], text=summary, grounded=False, mode="refused", as_of=prep.as_of,
+            jurisdiction=prep.jurisdiction, searched={"domains": prep.domains, "as_of": prep.as_of,
+                                                      "jurisdiction": prep.jurisdiction, "breaker": "open"},
+            release_id=prep.release.id, domains=prep.domains, router_scores=prep.scores, adapter="none",
             timings_ms=prep.timings_ms, finish_reason="circuit_open", index_revision=prep.index_revision,
-            as_of=prep.as_of, verification="circuit breaker open: fallback response, nothing generated",
-            retrieved=[{"n": i, "label": h.label, "uri": h.citation.get("uri"), "domain": h.domain, "score": h.score}
-                       for i, h in enumerate(prep.passages, start=1)],
+            verification="circuit breaker open: fallback response, nothing generated", retrieved=listed,
+            possibly_related=listed[:3],
         )
 
     def submit_generate(self, messages: list[dict[str, str]], *, max_tokens: int | None = None,

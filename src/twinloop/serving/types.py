@@ -38,6 +38,9 @@ class GenRequest:
     timeout_s: float | None = None
     """Deadline from submission; past it the request ends with ``finish_reason='timeout'``."""
     request_id: str = field(default_factory=new_request_id)
+    constraint: Any = field(default=None, compare=False, repr=False)
+    """A per-row decoding constraint (``serving/quotes.QuoteConstraint``): the engine masks
+    this row's logits with it at every step; None for free generation."""
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,8 @@ class GenResult:
     generate_seconds: float
     batch_size: int
     adapter: str
+    token_ids: tuple[int, ...] = ()
+    """The generated tokens (a constrained row's claims are read back from them)."""
 
 
 @dataclass(frozen=True)
@@ -68,46 +73,85 @@ class Citation:
     part: str | None
     clause: str | None
     edition_date: str | None
+    """The date of the edition the passage is from, as stored with it (never generated)."""
+    valid_from: str | None
+    valid_to: str | None
     uri: str | None
+    sha256: str
+    """SHA-256 of the stored passage text; ``exact_quote`` is a substring of that text."""
+    exact_quote: str
+    """The words the answer takes from this passage, verbatim."""
     label: str
-    quote: str
-    """A sentence of the passage, verbatim, that best supports the answer."""
     score: float
     """Retrieval score of the passage."""
     chunk_id: int
 
 
+@dataclass(frozen=True)
+class Claim:
+    """One statement of an answer and the citations (numbers) that hold it."""
+
+    text: str
+    citations: list[int]
+
+
+AnswerStatus = Literal["answered", "cannot_verify", "out_of_scope"]
+
+
 @dataclass
 class AnswerRecord:
-    """The answer to one ``/v1/answer`` request."""
+    """The answer to one question: the same shape from ``/v1/answer``, ``twinloop answer`` and
+    the ``twinloop`` object of chat completions (docs/DESIGN.md "Serving").
+
+    In a domain that requires citations every claim is a verbatim quote of a passage it cites
+    (``grounded``); otherwise the status is ``cannot_verify`` (nothing relevant retrieved) or
+    ``out_of_scope`` (a jurisdiction or source the index does not hold), with no claim and the
+    nearest passages under ``possibly_related``.
+    """
 
     request_id: str
     query: str
-    text: str
-    verified: bool
-    """True only when the answer cites retrieved passages and every quote checks out, or
-    the domain does not require citations."""
-    status: Literal["verified", "unverified", "not_required", "no_sources"]
+    status: AnswerStatus
+    summary: str
+    """One or two sentences for the user; in a grounded answer, quotes with their sources."""
+    claims: list[Claim]
     citations: list[Citation]
-    """Retrieved passages that support the answer's claims (never anything else)."""
+    """Retrieved passages the claims cite (never anything else)."""
+    text: str
+    """The whole answer as text (summary, then each claim with its markers): chat content."""
+    grounded: bool
+    """Every claim is a verbatim span of a passage it cites."""
+    mode: Literal["generated", "extractive", "free", "refused"]
+    """generated: the model chose the quotes (constrained); extractive: the best sentences
+    were quoted without the model; free: a domain that needs no citations; refused: no claim."""
+    as_of: str | None
+    jurisdiction: str | None
+    searched: dict[str, Any]
+    """domains, as_of, jurisdiction, top scores, the answerability decision."""
+    release_id: str
     domains: list[str]
     router_scores: dict[str, float]
-    release_id: str
     adapter: str
     timings_ms: dict[str, float]
-    """route, retrieve, generate, verify, total."""
+    """route, retrieve, decide, generate, assemble, total."""
     prompt_tokens: int = 0
     completion_tokens: int = 0
     finish_reason: str = "stop"
     index_revision: int | None = None
-    as_of: str | None = None
     verification: str = ""
-    """Why the answer is (not) verified, e.g. "2 of 3 claims have no supporting source"."""
+    """Why the answer has the status it has, in one line."""
     retrieved: list[dict[str, Any]] = field(default_factory=list)
-    """Every passage in the prompt (number, label, uri), cited or not."""
+    """Every passage retrieved (number, label, uri, score), cited or not."""
+    possibly_related: list[dict[str, Any]] = field(default_factory=list)
+    """For a refusal: the nearest passages, for the user to read — not claims."""
+
+    @property
+    def verified(self) -> bool:
+        """Answered, and grounded where the domain requires it."""
+        return self.status == "answered" and (self.grounded or self.mode == "free")
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return asdict(self) | {"verified": self.verified}
 
 
 class MaxTokensError(InvalidInputError):

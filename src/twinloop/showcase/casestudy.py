@@ -191,13 +191,8 @@ class _Timeline:
 
 
 def _body(text: str) -> str:
-    """The answer without the verifier's notice (its status is shown beside it)."""
-    from twinloop.serving import verify
-
-    for notice in (verify.UNVERIFIED_NOTICE, verify.NO_SOURCE_NOTICE):
-        if text.startswith(notice):
-            return text[len(notice):].strip()
-    return text
+    """The answer as the user reads it (its status is shown beside it)."""
+    return text.strip()
 
 
 def _short(text: str, n: int = 150) -> str:

@@ -46,7 +46,6 @@ from twinloop.kernel.config import Settings
 from twinloop.kernel.datadir import DataDir
 from twinloop.kernel.errors import InvalidInputError
 from twinloop.kernel.stats import percentile
-from twinloop.serving import verify
 from twinloop.showcase.experiments import metrics
 from twinloop.showcase.experiments.facts import DOMAINS, Fact, Task, is_correct, tasks
 from twinloop.showcase.experiments.load import LoadGenerator
@@ -317,10 +316,7 @@ def evaluate(method: Method, seen: list[Task], config: EvalConfig) -> list[dict[
 
 
 def model_text(text: str) -> str:
-    """What the model wrote, without the pipeline's UNVERIFIED notices (scored on its own)."""
-    for notice in (verify.UNVERIFIED_NOTICE, verify.NO_SOURCE_NOTICE):
-        if text.startswith(notice):
-            return text[len(notice):].lstrip()
+    """The answer as scored: its text (in a grounded domain, quotes of the passages)."""
     return text
 
 
