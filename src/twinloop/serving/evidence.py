@@ -122,11 +122,36 @@ def rank_sentences(question: str, passages: Sequence[str], embedder: Any,
     return sorted(out, key=lambda s: s.score, reverse=True)
 
 
+_GERMAN = frozenset("der die das und nach welche welcher welches wie wer wann ist im dem des ein eine von vor "
+                    "mit für darf muss kann bis wird wurde".split())
+_CITING = frozenset("gdpr dsgvo article articles art abs section paragraph regulation bdsg gg eu".split())
+_YEAR = re.compile(r"^(1[89]|20)\d\d$")
+_ARTICLE_REF = re.compile(r"(?:\bart(?:icle|\.)?s?|§§?|\babs\.?)\s*(\d+[a-z]?)", re.IGNORECASE)
+
+
 def names(question: str) -> set[str]:
-    """The question's names and numbers: words capitalised after its first word, or with digits."""
+    """The question's names and numbers: words capitalised after its first word (English: a
+    German question capitalises every noun), acronyms and numbers — but not years (an as-of
+    date is not asked *about*) nor article numbers and citation words (the passages carry
+    those as metadata, not text)."""
     words = _WORD.findall(question)
-    out = {w.casefold() for i, w in enumerate(words) if (i > 0 and w[:1].isupper()) or _DIGIT.search(w)}
-    return {w for w in out if w not in STOPWORDS}
+    german = sum(w.casefold() in _GERMAN for w in words) >= 2
+    cited = {m.group(1).casefold() for m in _ARTICLE_REF.finditer(question)}
+    out = set()
+    for i, w in enumerate(words):
+        lw = w.casefold()
+        if lw in STOPWORDS or lw in _CITING or lw in cited or _YEAR.match(w):
+            continue
+        if _DIGIT.search(w) or (w.isupper() and len(w) > 1) or (not german and i > 0 and w[:1].isupper()
+                                                                  and len(w) > 2):
+            out.add(lw)
+    return out
+
+
+def unmentioned(question: str, passages: Sequence[str]) -> list[str]:
+    """The question's names (:func:`names`) that no passage mentions, in question order."""
+    text = " ".join(passages).casefold()
+    return sorted((n for n in names(question) if n not in text), key=question.casefold().find)
 
 
 def features(question: str, ranked: Sequence[Sentence], hits: Sequence[Any]) -> dict[str, float]:

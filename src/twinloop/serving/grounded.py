@@ -27,6 +27,7 @@ from twinloop.serving.evidence import (
     content_words,
     features,
     rank_sentences,
+    unmentioned,
 )
 from twinloop.serving.quotes import (
     Claim,
@@ -88,6 +89,11 @@ def decide(question: str, domains: list[str], hits: Sequence[Any], catalog: Cata
         return Decision("out_of_scope", verdict.reason, verdict=verdict)
     if not hits:
         return Decision("cannot_verify", "nothing in the index matched the question")
+    missing = unmentioned(question, [h.text for h in hits])
+    if missing:
+        # The question is about something no retrieved passage names (a company, a drug, a
+        # figure): whatever the passages say, it is not about that.
+        return Decision("cannot_verify", f"no passage found mentions {', '.join(repr(m) for m in missing[:3])}")
     ranked = rank_sentences(question, [h.text for h in hits], embedder, query_vector, [h.score for h in hits])
     feats = features(question, ranked, hits)
     p = answerability.probability(feats)

@@ -52,6 +52,8 @@ SYSTEM_PROMPT = (
     "answers the question, word for word. Use one line per quote, and quote only what answers it."
 )
 GENERAL_SYSTEM_PROMPT = "You are a helpful assistant. Answer briefly and accurately."
+PROMPT_OVERHEAD_TOKENS = 160
+"""Tokens of the system prompt, chat template and "Sources:/Question:" framing, with room to spare."""
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,8 @@ class Prepared:
     decision: Decision | None = None
     """The grounding decision of a citation-required domain (None otherwise)."""
     quoting: Quoting | None = None
+    prompt_passages: list[Hit] = field(default_factory=list)
+    """The passages the prompt numbers [1]..[n] (those that fit the model's input)."""
     arm: str | None = None
     """The canary arm the request was admitted on (set by the service)."""
 
@@ -164,20 +168,41 @@ class AnswerPipeline:
             timings["decide"] = _ms(t)
 
         gen = None
+        prompt_passages = passages[:MAX_PASSAGES] if grounding else passages
         if grounding is None or grounding.status == "answered":
             adapter = release.adapter_for(domains[0])
-            messages = self._messages(req.query, passages[:MAX_PASSAGES] if grounding else passages)
-            gen = GenRequest(messages=messages, max_new_tokens=max_tokens, adapter=adapter,
-                             timeout_s=self.config.request_timeout_s, request_id=req.request_id)
+            gen = GenRequest(messages=self._messages(req.query, prompt_passages), max_new_tokens=max_tokens,
+                             adapter=adapter, timeout_s=self.config.request_timeout_s, request_id=req.request_id)
         return Prepared(req, release, domains, decision.scores, passages, citations_required, gen,
-                        view.revision, day.isoformat(), jurisdiction, started, timings, grounding)
+                        view.revision, day.isoformat(), jurisdiction, started, timings, grounding,
+                        prompt_passages=list(prompt_passages))
 
-    def constrain(self, prep: Prepared, tokenizer) -> GenRequest | None:
-        """The generation request, with the quote constraint when the answer must be grounded."""
-        if prep.gen is None or prep.decision is None:
-            return prep.gen
-        prep.quoting = quoting(tokenizer, prep.passages[:MAX_PASSAGES], prep.decision.ranked)
-        return replace(prep.gen, constraint=prep.quoting.constraint)
+    def constrain(self, prep: Prepared, foundation) -> GenRequest | None:
+        """The generation request for ``foundation``: the passages that fit its input, and the
+        quote constraint over them when the answer must be grounded."""
+        if prep.gen is None:
+            return None
+        tokenizer = foundation.tokenizer
+        budget = foundation.config.max_input_tokens - PROMPT_OVERHEAD_TOKENS - len(
+            tokenizer(prep.request.query, add_special_tokens=False)["input_ids"])
+        kept, used = [], 0
+        for h in prep.prompt_passages:
+            cost = len(tokenizer(f"[{len(kept) + 1}] {h.label}\n{h.text}", add_special_tokens=False)["input_ids"])
+            if used + cost > budget:
+                break  # later passages rank lower: drop them, keep the numbering of the rest
+            kept.append(h)
+            used += cost
+        gen = prep.gen
+        if len(kept) < len(prep.prompt_passages):
+            prep.prompt_passages = kept
+            gen = replace(gen, messages=self._messages(prep.request.query, kept))
+        if prep.decision is None:
+            return gen
+        if not kept:  # not even the best passage fits: nothing can be quoted
+            return None
+        ranked = [s for s in prep.decision.ranked if s.n <= len(kept)]
+        prep.quoting = quoting(tokenizer, kept, ranked)
+        return replace(gen, constraint=prep.quoting.constraint)
 
     @staticmethod
     def _messages(query: str, passages: list[Hit]) -> tuple[dict[str, str], ...]:
@@ -191,7 +216,7 @@ class AnswerPipeline:
         """Assemble the answer record from what was decided and generated; log it."""
         t = time.perf_counter()
         req = prep.request
-        top = prep.passages[:MAX_PASSAGES]
+        top = prep.prompt_passages
         searched = {"domains": prep.domains, "as_of": prep.as_of, "jurisdiction": prep.jurisdiction,
                     "index_revision": prep.index_revision,
                     "top_scores": [round(h.score, 4) for h in prep.passages[:5]]}
@@ -203,7 +228,8 @@ class AnswerPipeline:
             searched |= prep.decision.searched()
             status = prep.decision.status
             if status == "answered" and result is not None and prep.quoting is not None:
-                made = assemble(req.query, result.token_ids, prep.quoting, prep.decision.ranked)
+                ranked = [s for s in prep.decision.ranked if s.n <= len(top)]
+                made = assemble(req.query, result.token_ids, prep.quoting, ranked)
                 mode, dropped = made.mode, made.dropped
                 for c in made.claims:
                     claims.append(Claim(c.text, list(c.citations)))
@@ -257,13 +283,13 @@ class AnswerPipeline:
     def answer(self, req: AnswerRequest, release: ServingRelease, engine) -> AnswerRecord:
         """Blocking answer (CLI, benchmarks)."""
         prep = self.prepare(req, release)
-        gen = self.constrain(prep, engine.foundation.tokenizer)
+        gen = self.constrain(prep, engine.foundation)
         return self.finish(prep, engine.submit(gen).result() if gen is not None else None)
 
     async def answer_async(self, req: AnswerRequest, release: ServingRelease, engine) -> AnswerRecord:
         # Embedding, search and the SQLite write block; keep them off the event loop.
         prep = await asyncio.to_thread(self.prepare, req, release)
-        gen = self.constrain(prep, engine.foundation.tokenizer)
+        gen = self.constrain(prep, engine.foundation)
         result = await engine.submit(gen).aresult() if gen is not None else None
         return await asyncio.to_thread(self.finish, prep, result)
 
@@ -273,7 +299,7 @@ class AnswerPipeline:
         them), then ``answer`` — the same record the blocking call returns."""
         # Submit before the first event, so a full queue surfaces as an error the API can
         # still turn into a 429 before any byte of the response is sent.
-        gen = self.constrain(prep, engine.foundation.tokenizer)
+        gen = self.constrain(prep, engine.foundation)
         pending = engine.submit(gen) if gen is not None else None
         yield {"type": "meta", "request_id": prep.request.request_id, "release_id": prep.release.id,
                "domains": prep.domains, "router_scores": prep.scores,

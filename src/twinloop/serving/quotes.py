@@ -241,11 +241,10 @@ class QuoteConstraint:
     def mask(self, scores: torch.Tensor) -> torch.Tensor:
         """``scores`` (vocab,) with every token but the allowed ones set to −inf (in place)."""
         allowed = self.allowed()
-        keep = torch.full_like(scores, float("-inf"))
         idx = torch.tensor(list(allowed), dtype=torch.long, device=scores.device)
-        bonus = torch.tensor(list(allowed.values()), dtype=scores.dtype, device=scores.device)
-        keep[idx] = scores[idx] + bonus
-        scores.copy_(keep)
+        kept = scores[idx] + torch.tensor(list(allowed.values()), dtype=scores.dtype, device=scores.device)
+        scores.fill_(float("-inf"))  # in place: no (vocab,) allocation per row and step
+        scores[idx] = kept
         return scores
 
 

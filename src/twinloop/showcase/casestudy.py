@@ -273,8 +273,10 @@ def run_case_study(base: Settings, on_step: StepCallback | None = None,
                  f"A ({after['status']}, {'right' if right else 'wrong'}): {_short(_body(after['text']))}",
                  f"the new article is retrieved at rank {rank} (top: {top}); cited: {', '.join(cited) or 'nothing'}; "
                  f"ingest → answer in {ingest_to_answer:.1f} s",
-                 *([] if right else ["the 135M model misquotes its source here; the claim check flags it "
-                                     f"{after['status'].upper()} rather than passing it off as cited"])])
+                 *([f"verbatim quote of [{c['n']}] {c['label']}: \u201c{_short(c['exact_quote'])}\u201d"
+                    for c in after["citations"][:1]]),
+                 *([] if right else ["the quote the model chose does not hold the asked fact; it is still the "
+                                     "passage's own words and cited, never a paraphrase passed off as the source"])])
 
         # 3. Expert corrections as feedback: three good, one with personal data, one poisoned.
         t0 = time.perf_counter()
