@@ -20,7 +20,6 @@ from twinloop.api.errors import ApiError
 from twinloop.api.metrics import CONTENT_TYPE, domain_label
 from twinloop.api.schemas import (
     AnswerBody,
-    AnswerResult,
     FeedbackBody,
     FeedbackResult,
     GenerateBody,
@@ -35,7 +34,7 @@ from twinloop.knowledge.store import IngestReport
 from twinloop.learning.jobs import JobRunningError, TrainJobs, UnknownJobError
 from twinloop.serving.pipeline import AnswerRequest
 from twinloop.serving.service import Service
-from twinloop.serving.types import GenResult, new_request_id
+from twinloop.serving.types import AnswerRecord, GenResult, new_request_id
 from twinloop.serving.types import check_max_tokens as serving_check_max_tokens
 
 router = APIRouter(route_class=GuardedRoute)
@@ -66,7 +65,7 @@ def answer_request(body: AnswerBody, request: Request) -> AnswerRequest:
 
 
 @router.post("/v1/answer", tags=["answer"], summary="Answer a question with citations (JSON or SSE)",
-             responses={200: {"model": AnswerResult, "description": "The answer contract (or SSE events)."}})
+             responses={200: {"model": AnswerRecord, "description": "The answer contract (or SSE events)."}})
 async def answer(body: AnswerBody, request: Request, svc: Service = Depends(service),
                  _: Principal = Depends(require("reader"))) -> Any:
     """Route, retrieve, decide, generate and assemble; returns the answer contract.
