@@ -99,3 +99,19 @@ def test_quarantine_lists_rejected_feedback(tmp_path):
     assert res.returncode == 0, res.stderr
     rows = json.loads(res.stdout)
     assert len(rows) == 1 and rows[0]["stage"] and rows[0]["reason"]
+
+
+def test_answer_json_is_the_contract_and_bad_values_are_one_line(tmp_path):
+    env = {"TWINLOOP_FOUNDATION__SOURCE": "tiny", "TWINLOOP_DATA_DIR": str(tmp_path / "d")}
+    docs = tmp_path / "law.jsonl"
+    docs.write_text(json.dumps({"text": "The controller shall act on a request within one month of receipt.",
+                                "code": "GDPR", "article": "12", "part": "3", "jurisdiction": "EU",
+                                "edition_date": "2016-04-27", "uri": "urn:gdpr:12-3"}) + "\n")
+    assert run_cli("ingest", str(docs), "--domain", "law", env=env).returncode == 0
+    res = run_cli("answer", "How long may a controller take under CCPA rules?", "--domain", "law", "--json",
+                  "--max-tokens", "8", env=env)
+    assert res.returncode == 0, res.stderr
+    doc = json.loads(res.stdout)
+    assert doc["status"] == "out_of_scope" and doc["claims"] == [] and doc["searched"]["domains"] == ["law"]
+    bad = run_cli("answer", "q", "--domain", "law", "--as-of", "2024-02-30", env=env)
+    assert bad.returncode == 2 and "as_of = '2024-02-30'" in bad.stderr and "Traceback" not in bad.stderr

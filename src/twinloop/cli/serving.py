@@ -3,6 +3,7 @@ answers one question from the Active release."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Annotated
 
@@ -46,6 +47,8 @@ def answer(
     from twinloop.serving.pipeline import AnswerRequest
     from twinloop.serving.service import Service
 
+    if not state.verbose:  # the answer is the output; the engine's start/stop lines are noise here
+        logging.getLogger("twinloop").setLevel(logging.WARNING)
     svc = Service(runtime())
     svc.start()
     try:
