@@ -144,7 +144,7 @@ def _downtime(m: dict[str, Any]) -> str:
 
 def render_markdown(doc: dict[str, Any]) -> str:
     """The report's text (tables and notes; the plots are linked)."""
-    cfg, methods, git = doc["config"], _methods(doc), doc["git"]
+    cfg, git = doc["config"], doc["git"]
     n_tasks = len(doc["tasks"])
     commit = git.get("commit") or "unknown"
     dirty = " (working tree had uncommitted changes: " + ", ".join(git.get("changed_files") or []) + ")" \
