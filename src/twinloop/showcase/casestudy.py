@@ -195,6 +195,13 @@ def _body(text: str) -> str:
     return text.strip()
 
 
+def _verdict(record: dict, fact: str) -> str:
+    """right / wrong for an answer; refused for an honest cannot-verify or out-of-scope."""
+    if record["status"] != "answered":
+        return "refused"
+    return "right" if fact in record["text"].lower() else "wrong"
+
+
 def _short(text: str, n: int = 150) -> str:
     text = " ".join(text.split())
     return text if len(text) <= n else text[: n - 1] + "…"
@@ -248,8 +255,7 @@ def run_case_study(base: Settings, on_step: StepCallback | None = None,
         before = ask(q, domain="law")
         tl.step("A user asks about a regulation published today", t0,
                 {"status": before["status"], "correct": fact in before["text"].lower()},
-                [f"Q: {q}", f"A ({before['status']}, {'right' if fact in before['text'].lower() else 'wrong'}): "
-                            f"{_short(_body(before['text']))}"])
+                [f"Q: {q}", f"A ({before['status']}, {_verdict(before, fact)}): {_short(_body(before['text']))}"])
 
         # 2. The regulation is published: ingest, then the same question, cited.
         t0 = time.perf_counter()
@@ -270,7 +276,7 @@ def run_case_study(base: Settings, on_step: StepCallback | None = None,
                 {"revision": r.json()["revision"], "verified": after["verified"], "cites": cited,
                  "cites_new_article": cites_new, "correct": right},
                 [f"ingested {r.json()['added']} articles as index revision {r.json()['revision']}",
-                 f"A ({after['status']}, {'right' if right else 'wrong'}): {_short(_body(after['text']))}",
+                 f"A ({after['status']}, {_verdict(after, fact)}): {_short(_body(after['text']))}",
                  f"the new article is retrieved at rank {rank} (top: {top}); cited: {', '.join(cited) or 'nothing'}; "
                  f"ingest → answer in {ingest_to_answer:.1f} s",
                  *([f"verbatim quote of [{c['n']}] {c['label']}: \u201c{_short(c['exact_quote'])}\u201d"
