@@ -176,3 +176,13 @@ def test_a_training_request_picks_up_pending_feedback(tmp_path, tiny_settings):
     jid = start_training_job(rt.settings, rt.db, rt.domains.names(), feedback=desk, domains=["law"], steps=1)
     assert jid
     assert [s["target"] for s in list_samples(rt.db)] == ["Within 72 hours."]  # trained on by that job
+
+
+def test_a_filter_failing_after_storage_keeps_the_item_for_the_next_pickup(world, monkeypatch):
+    desk = world["desk"]
+    req = _answered(world["log"])
+    monkeypatch.setattr(desk.intake.pipeline, "run", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
+    fb = desk.submit("req_a", -1, "Within 72 hours.", "op", request=req)
+    assert fb.status == "new" and list_samples(world["db"]) == []  # acknowledged, not lost
+    monkeypatch.undo()
+    assert desk.process_pending() == {"accepted": 1, "quarantined": 0, "not_trainable": 0}

@@ -77,9 +77,13 @@ def create_app(service: Service, settings: Settings | None = None) -> FastAPI:
         await run_in_threadpool(service.start)
         # Feedback a crash left between "stored" and "filtered" is picked up again here (and
         # before every training job), so accepted feedback is never silently left untrained.
-        recovered = await run_in_threadpool(service.runtime.feedback.process_pending)
-        if any(recovered.values()):
-            log.info("pending feedback processed at start", extra=recovered)
+        try:
+            recovered = await run_in_threadpool(service.runtime.feedback.process_pending)
+        except Exception:  # serving must start anyway; the rows stay 'new' for the next pickup
+            log.exception("pending feedback could not be filtered at start")
+        else:
+            if any(recovered.values()):
+                log.info("pending feedback processed at start", extra=recovered)
         log.info("serving", extra={"release": service.active.id, "version": __version__})
         try:
             yield

@@ -114,6 +114,7 @@ class Retriever:
         self.fusion = fusion
         self.lexical_weight = lexical_weight
         self._eligible: OrderedDict[tuple, Eligible] = OrderedDict()
+        self._catalogs: dict[tuple[int, int], dict[str, dict[str, frozenset[str]]]] = {}
         self._eligible_lock = threading.Lock()
 
     def view(self, revision: int | None = None) -> View:
@@ -132,10 +133,10 @@ class Retriever:
         on a date is the retrieval's business. Cached per (revision, newest revision).
         """
         rev = self.store.current_revision() if revision is None else revision
-        key = ("catalog", rev, self.store.current_revision())
+        key = (rev, self.store.current_revision())
         with self._eligible_lock:
-            if key in self._eligible:
-                return self._eligible[key]
+            if key in self._catalogs:
+                return self._catalogs[key]
         rows = self.store.db.conn.execute(
             "SELECT DISTINCT domain, jurisdiction, code, article FROM kn_documents WHERE erased = 0 "
             "AND added_rev <= ? AND (removed_rev IS NULL OR removed_rev > ?)", (rev, rev)).fetchall()
@@ -152,7 +153,7 @@ class Retriever:
         found = {"jurisdictions": {d: frozenset(v) for d, v in jurisdictions.items()},
                  "articles": {c: frozenset(v) for c, v in articles.items()}}
         with self._eligible_lock:
-            self._eligible[key] = found  # type: ignore[assignment]
+            self._catalogs = {key: found}  # only the newest view is asked for in practice
         return found
 
     # The chunks a (domain, revision, as-of, jurisdiction) may see are fixed for a revision,

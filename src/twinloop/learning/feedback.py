@@ -17,6 +17,7 @@ serving loop's tables.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import sqlite3
 from collections.abc import Mapping, Sequence
@@ -30,6 +31,8 @@ from twinloop.kernel.errors import InvalidInputError, UnknownRequestError
 from twinloop.kernel.pii import PiiRedactor
 from twinloop.learning.filters import FilterPipeline, default_stages
 from twinloop.learning.intake import FeedbackIntake, IntakeReport, samples_from_feedback
+
+log = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS feedback(
@@ -132,7 +135,10 @@ class FeedbackDesk:
                 " VALUES (?,?,?,?,?,'new',?)",
                 (request_id, now, score, correction, actor, json.dumps(snapshot))).lastrowid)
         crash_point("feedback.after_store")
-        self.process_pending(ids=[fid])
+        try:
+            self.process_pending(ids=[fid])
+        except Exception:  # stored and acknowledged: it stays 'new' and is filtered on the next pickup
+            log.exception("feedback %s stored; filtering it failed and is retried later", fid)
         return self.get(fid)
 
     def get(self, feedback_id: int) -> FeedbackRecord:

@@ -162,7 +162,7 @@ def rollback_target(registry: ReleaseRegistry, to: str | None) -> str:
     if target == current:
         raise InvalidInputError(f"release {target} is already Active")
     if to is not None:
-        if not any(m["release_id"] == target for m in registry.history("active", limit=1_000_000)):
+        if not registry.was_active(target):
             raise InvalidInputError(f"release {target} was never Active, so a rollback cannot return to it; "
                                     "promote it with a swap, which checks its gates")
         if registry.get(target).status == "rolled_back":

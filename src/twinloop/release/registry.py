@@ -297,6 +297,11 @@ class ReleaseRegistry:
                                     (name, limit)).fetchall()
         return [dict(r) for r in rows]
 
+    def was_active(self, rid: str) -> bool:
+        """Whether ``rid`` was ever the Active release."""
+        return self.db.conn.execute("SELECT 1 FROM pointer_moves WHERE name='active' AND release_id=? LIMIT 1",
+                                    (rid,)).fetchone() is not None
+
     def previous_active(self) -> str | None:
         """The release to roll back to: the newest release that was Active before the current
         one and was not itself rolled back (rolling back twice must not return to the bad one)."""

@@ -130,14 +130,16 @@ def quoting(tokenizer: Any, hits: Sequence[Any], ranked: Sequence[Sentence]) -> 
     return Quoting(passages, grammar, QuoteConstraint(passages, grammar, prior=prior))
 
 
-_GRAMMARS: dict[int, Grammar] = {}
+_GRAMMARS: dict[int, tuple[Any, Grammar]] = {}
+"""Per tokenizer (a process has one or two): the tokenizer is kept with its grammar, so a
+recycled ``id()`` can never hand one tokenizer another's token ids."""
 
 
 def _grammar(tokenizer: Any) -> Grammar:
-    key = id(tokenizer)
-    if key not in _GRAMMARS:
-        _GRAMMARS[key] = Grammar.for_tokenizer(tokenizer)
-    return _GRAMMARS[key]
+    held = _GRAMMARS.get(id(tokenizer))
+    if held is None or held[0] is not tokenizer:
+        held = _GRAMMARS[id(tokenizer)] = (tokenizer, Grammar.for_tokenizer(tokenizer))
+    return held[1]
 
 
 @dataclass(frozen=True)
