@@ -2,8 +2,9 @@
 
 Runs the real retrieval of every question of the calibration split of
 ``packs/eval/grounding_answerable.jsonl`` (label 1) and ``grounding_unanswerable.jsonl``
-(label 0; out-of-scope ones too — a question the scope rules miss must still be refused when
-its evidence is weak), computes the evidence features (``serving/evidence.py``), fits a
+(label 0), keeps those the rules before the model leave open (scope, unmentioned names and
+terms, missing units: ``serving/grounded.decide``), computes the evidence features
+(``serving/evidence.py``), fits a
 logistic regression (plain gradient descent, standardised features, L2), and picks a threshold
 shared by the domains: the highest probability that still keeps at least ``--answered`` of the
 answerable questions answered, so refusals are as many as that allows.
@@ -39,19 +40,34 @@ def load(split: str) -> list[dict]:
 
 
 def evidence_rows(rt, rows: list[dict]) -> list[dict]:
+    """The evidence features of the questions the rules before the model leave open.
+
+    Out-of-scope questions and those about a name, rare term, year or unit no passage holds
+    are decided before the model is asked (``serving/grounded.decide``), so they are not what
+    it must learn to separate; fitting on them would teach it what the rules already know.
+    """
+    from datetime import date
+
     from twinloop.knowledge.retrieval import parse_date
-    from twinloop.serving.evidence import features, rank_sentences
+    from twinloop.serving.evidence import FEATURES, Answerability
+    from twinloop.serving.grounded import decide
+    from twinloop.serving.quotes import MAX_PASSAGES
+    from twinloop.serving.scope import Catalog
 
     view = rt.retriever.view(None)
+    found = rt.retriever.catalog(view.revision)
+    catalog = Catalog(found["jurisdictions"], found["articles"], found["in_force"])
+    always = Answerability(tuple([0.0] * len(FEATURES)), 50.0)  # the model's say is not wanted here
     out = []
     for row in rows:
         decision = rt.router.route(row["query"])
         domain = row["domain"]
         day = parse_date(row["as_of"]) if row.get("as_of") else None
         hits = view.search(row["query"], [domain], as_of=day, query_vector=decision.query_vector).hits
-        ranked = rank_sentences(row["query"], [h.text for h in hits], rt.embedder, decision.query_vector,
-                                [h.score for h in hits])
-        out.append(row | {"features": features(row["query"], ranked, hits)})
+        made = decide(row["query"], [domain], hits[:MAX_PASSAGES], catalog, None, rt.embedder, always,
+                      decision.query_vector, as_of=(day or date.today()).isoformat())
+        if made.status == "answered":
+            out.append(row | {"features": made.features})
     return out
 
 

@@ -92,6 +92,18 @@ def test_as_of_returns_the_edition_in_force(knowledge):
     assert uris(view.search(q, "law", as_of="2021-06-01", jurisdiction="EU", tau=0.0)) == []
 
 
+def test_catalog_holds_articles_with_their_validity_and_no_recitals(knowledge):
+    store, retriever = knowledge
+    recital = {"text": "Recital text about fines.", "code": "GDPR", "jurisdiction": "EU", "article": "Recital 104",
+               "uri": "eli/reg/2016/679#rct_104"}
+    store.ingest("law", [ERASURE, GG_2012, GG_2020, recital])
+    store.ingest("med", [ASPIRIN])
+    cat = retriever.catalog()
+    assert cat["jurisdictions"]["law"] == {"EU", "DE"} and "med" not in cat["jurisdictions"]
+    assert cat["articles"]["GDPR"] == {"17"}, "a recital is not an article"
+    assert set(cat["in_force"]["GG"]["21"]) == {("2012-07-11", "2020-09-29"), ("2020-09-29", None)}
+
+
 def test_removal_is_a_revision_and_erasure_forgets(knowledge):
     store, retriever = knowledge
     store.ingest("law", [ERASURE, PORTABILITY])

@@ -98,3 +98,78 @@ def test_the_shipped_answerability_model_loads():
 def test_bad_answerability_file_names_the_field(doc, says):
     with pytest.raises(ConfigError, match=says):
         Answerability.from_dict(json.loads(json.dumps(doc)))
+
+
+UNMENTIONED = [
+    # (question, passages, dated, what is missing)
+    ("What are the side effects of tirzepatide?", ["Side effects include nausea and vomiting."], False,
+     ["tirzepatide"]),
+    ("What is the incubation period of mpox?", ["After an incubation period of 3-8 days symptoms begin."], False,
+     ["mpox"]),
+    ("How much cash went into repurchasing stock in 2019?", ["We repurchased stock for $5 million in 2019."],
+     False, []),  # a form of the rare word is there, and so is the year
+    ("What was gross margin in 2016?", ["In 2019, gross margin decreased to 38.7% from 40.0% in 2018."], False,
+     ["2016"]),
+    ("Who administered the motorways in 2015?", ["Der Bund verwaltet die Bundesautobahnen."], True, []),
+    ("Mit welcher Geldbuße wird ein Verstoß des Darlehensgebers geahndet?",
+     ["Ordnungswidrig handelt, wer als Darlehensgeber eine Auskunft nicht erteilt."], True, []),
+    ("What is the highest fine for ignoring the GDPR's basic principles?",
+     ["Infringements of the basic principles shall be subject to fines."], True, []),
+]
+
+
+@pytest.mark.parametrize(("question", "passages", "dated", "missing"), UNMENTIONED,
+                         ids=[c[0][:30] for c in UNMENTIONED])
+def test_what_no_passage_mentions(question, passages, dated, missing):
+    from twinloop.serving.evidence import unmentioned
+
+    assert unmentioned(question, passages, dated=dated) == missing
+
+
+UNITS = [
+    ("Within how many hours must a processor notify the controller?",
+     ["The processor shall notify the controller without undue delay."], "a number of hours"),
+    ("Within how many hours must a controller notify the authority?",
+     ["not later than 72 hours after having become aware of it"], None),
+    ("How many euros may a controller charge per additional copy?",
+     ["the controller may charge a reasonable fee based on administrative costs."], "an amount in euros"),
+    ("Wie viele Euro Geldbuße sind möglich?", ["mit einer Geldbuße bis zu fünfzigtausend Euro geahndet"], None),
+    ("Above what serum uric acid level in mg/dL is gout diagnosed?", ["Gout can develop with hyperuricemia."],
+     "a value in mg/dL"),
+    ("How much does a dose of the antitoxin cost?", ["The antitoxin blocks circulating toxin."], "a price"),
+    ("What dose of zoledronic acid is given?", ["A single 5 mg infusion of zoledronic acid is given."], None),
+    ("What is the treatment of Paget's disease?", ["Bisphosphonates are the treatment."], None),
+]
+
+
+@pytest.mark.parametrize(("question", "passages", "missing"), UNITS, ids=[c[0][:30] for c in UNITS])
+def test_a_question_asking_for_a_unit_needs_a_passage_with_one(question, passages, missing):
+    from twinloop.serving.evidence import missing_unit
+
+    assert missing_unit(question, passages) == missing
+
+
+def test_decide_refuses_a_question_about_a_term_no_passage_knows(embedder):
+    catalog = Catalog({"med": frozenset()}, {})
+    lenient = Answerability(tuple([0.0] * len(FEATURES)), 5.0, {}, default=0.5)
+    hits = _hits(["Most often the side effects include nausea, vomiting, and hair loss."])
+    d = decide("What are the most common side effects of tirzepatide?", ["med"], hits, catalog, None, embedder, lenient)
+    assert d.status == "cannot_verify" and "tirzepatide" in d.reason
+
+
+COUNTS = [
+    ("How many voting members does the Board have?", ["The Board shall take decisions by a simple majority of its "
+                                                       "members. The Commission has no voting rights."],
+     "a number of voting"),
+    ("How many voting members does the Board have?", ["The Board consists of 27 voting members."], None),
+    ("Wie viele Abgeordnete hat der Bundestag?", ["Der Bundestag wird von fünf Abgeordneten geleitet."], None),
+    ("In how many of the specimens was c-kit expressed?", ["c-kit was found in tumour tissue."], None),
+]
+
+
+@pytest.mark.parametrize(("question", "passages", "missing"), COUNTS, ids=[c[0][:30] + str(i) for i, c in
+                                                                          enumerate(COUNTS)])
+def test_how_many_needs_a_number_next_to_what_is_counted(question, passages, missing):
+    from twinloop.serving.evidence import missing_unit
+
+    assert missing_unit(question, passages) == missing

@@ -66,3 +66,29 @@ def test_bad_jurisdiction_names_the_value(value):
 def test_bad_gazetteer_names_the_field(text, says):
     with pytest.raises(ConfigError, match=says):
         parse_gazetteer(text, "scope.yaml")
+
+
+DATED = Catalog({"law": frozenset({"DE"})}, {"BDSG 2018": frozenset({"37", "43"}), "BDSG 1990": frozenset({"43"})},
+                {"BDSG 2018": {"37": (("2018-05-25", None),), "43": (("2018-05-25", None),)},
+                 "BDSG 1990": {"43": (("2009-08-14", "2018-05-25"),)}})
+
+AS_OF_CASES = [
+    # (question, as_of, out of scope?)
+    ("Was bestimmte § 37 BDSG?", "2015-01-01", True),   # § 37 exists only in the 2018 edition
+    ("Was bestimmte § 37 BDSG?", "2020-01-01", False),
+    ("Was bestimmte § 43 BDSG?", "2015-01-01", False),  # the 1990 edition was in force then
+    ("Was bestimmte § 43 BDSG?", None, False),
+]
+
+
+@pytest.mark.parametrize(("question", "as_of", "out"), AS_OF_CASES, ids=[f"{c[0][:20]}-{c[1]}" for c in AS_OF_CASES])
+def test_an_article_must_be_held_in_an_edition_in_force_on_the_date(question, as_of, out):
+    verdict = out_of_scope(question, ["law"], DATED, None, as_of=as_of)
+    assert (verdict is not None) == out, verdict
+    if out:
+        assert as_of in verdict.reason and "37" in verdict.reason
+
+
+def test_a_catalog_without_dates_says_nothing_about_editions():
+    assert CATALOG.held_on("GDPR", "12", "2015-01-01") is None
+    assert out_of_scope("What does Article 12 GDPR say?", ["law"], CATALOG, None, as_of="1990-01-01") is None

@@ -114,7 +114,7 @@ class Retriever:
         self.fusion = fusion
         self.lexical_weight = lexical_weight
         self._eligible: OrderedDict[tuple, Eligible] = OrderedDict()
-        self._catalogs: dict[tuple[int, int], dict[str, dict[str, frozenset[str]]]] = {}
+        self._catalogs: dict[tuple[int, int], dict[str, dict]] = {}
         self._eligible_lock = threading.Lock()
 
     def view(self, revision: int | None = None) -> View:
@@ -126,11 +126,15 @@ class Retriever:
             raise InvalidInputError(f"index revision {revision} does not exist (newest is {current})")
         return View(self, revision)
 
-    def catalog(self, revision: int | None = None) -> dict[str, dict[str, frozenset[str]]]:
-        """What a revision holds: ``{"jurisdictions": {domain: {...}}, "articles": {code: {...}}}``.
+    def catalog(self, revision: int | None = None) -> dict[str, dict]:
+        """What a revision holds: ``{"jurisdictions": {domain: {...}}, "articles": {code: {...}},
+        "in_force": {code: {article: ((from, to), ...)}}}``.
 
-        Every edition counts (an article that existed in any edition is held); what is in force
-        on a date is the retrieval's business. Cached per (revision, newest revision).
+        ``articles`` counts every edition (an article that existed in any edition is held);
+        ``in_force`` keeps each article's validity intervals, so a question about an article
+        "as in force in 2015" can be checked against the editions of that date. Recitals are
+        not articles: "Recital 104" does not make an "Article 104". Cached per (revision,
+        newest revision).
         """
         rev = self.store.current_revision() if revision is None else revision
         key = (rev, self.store.current_revision())
@@ -138,20 +142,26 @@ class Retriever:
             if key in self._catalogs:
                 return self._catalogs[key]
         rows = self.store.db.conn.execute(
-            "SELECT DISTINCT domain, jurisdiction, code, article FROM kn_documents WHERE erased = 0 "
-            "AND added_rev <= ? AND (removed_rev IS NULL OR removed_rev > ?)", (rev, rev)).fetchall()
+            "SELECT DISTINCT domain, jurisdiction, code, article, in_force_from, valid_to FROM kn_documents "
+            "WHERE erased = 0 AND added_rev <= ? AND (removed_rev IS NULL OR removed_rev > ?)", (rev, rev)).fetchall()
         jurisdictions: dict[str, set[str]] = {}
         articles: dict[str, set[str]] = {}
-        for domain, jur, code, article in rows:
+        in_force: dict[str, dict[str, set[tuple[str | None, str | None]]]] = {}
+        for domain, jur, code, article, start, end in rows:
             if jur:
                 jurisdictions.setdefault(domain, set()).add(jur)
             if code:
                 articles.setdefault(code, set())
-                number = _ARTICLE_NUMBER.search(str(article or ""))
-                if number:  # "§ 4f", "Art. 12", "12" → "4f", "12"
-                    articles[code].add(number.group(0).replace(" ", "").lower())
+                label = str(article or "")
+                number = _ARTICLE_NUMBER.search(label)
+                if number and not label.casefold().startswith("recital"):  # "§ 4f", "Art. 12" → "4f", "12"
+                    n = number.group(0).replace(" ", "").lower()
+                    articles[code].add(n)
+                    in_force.setdefault(code, {}).setdefault(n, set()).add((start, end))
         found = {"jurisdictions": {d: frozenset(v) for d, v in jurisdictions.items()},
-                 "articles": {c: frozenset(v) for c, v in articles.items()}}
+                 "articles": {c: frozenset(v) for c, v in articles.items()},
+                 "in_force": {c: {a: tuple(sorted(iv, key=str)) for a, iv in arts.items()}
+                              for c, arts in in_force.items()}}
         with self._eligible_lock:
             self._catalogs = {key: found}  # only the newest view is asked for in practice
         return found

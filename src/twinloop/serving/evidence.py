@@ -149,10 +149,97 @@ def names(question: str) -> set[str]:
     return out
 
 
-def unmentioned(question: str, passages: Sequence[str]) -> list[str]:
-    """The question's names (:func:`names`) that no passage mentions, in question order."""
+RARE_ZIPF = 2.0
+"""A word rarer than this in general English and German (Zipf scale: 2 ≈ once per 100 million
+words) is a term of art or a name — a drug, a disease, a ticker. A question built on one that
+no passage mentions is about something the sources do not know (checked on the eval sets:
+no answerable question has such a word missing from its passages)."""
+_LETTERS = re.compile(r"[^\W\d_][\w-]*", re.UNICODE)
+_YEAR_IN_TEXT = re.compile(r"\b(?:19|20)\d\d\b")
+
+
+def _zipf(word: str) -> float:
+    """How common ``word`` is in English or German (wordfreq's Zipf scale, 0 when unknown)."""
+    from wordfreq import zipf_frequency  # its word lists load on first use, not at import
+
+    return max(zipf_frequency(word, "en"), zipf_frequency(word, "de"))
+
+
+def rare_words(question: str) -> list[str]:
+    """The question's rare words (:data:`RARE_ZIPF`), possessives stripped, in order."""
+    out = []
+    for w in _LETTERS.findall(question):
+        w = re.sub(r"['’]s$", "", w)
+        if len(w) >= 4 and w.casefold() not in STOPWORDS and _zipf(w) < RARE_ZIPF:
+            out.append(w)
+    return out
+
+
+def _mentioned(word: str, text: str, words: set[str]) -> bool:
+    """``word`` occurs in the passages, or a form of it does: the same first letters
+    ("repurchasing" / "repurchase") or, for a compound, a long enough last part
+    ("Darlehensgebers" / "Darlehensgeber", "Ersatzmaßnahme" / "Maßnahme")."""
+    w = word.casefold()
+    if w in text:
+        return True
+    head = w[:max(5, int(len(w) * 0.7))]
+    return any(t.startswith(head) or any(len(t) - k >= 6 and w.rstrip("s").endswith(t[:len(t) - k]) for k in (0, 1, 2))
+               for t in words)
+
+
+def unmentioned(question: str, passages: Sequence[str], *, dated: bool = True) -> list[str]:
+    """What the question is about that no passage mentions, in question order: its names
+    (:func:`names`), its rare words (:func:`rare_words`) and — where the sources are not dated
+    editions (``dated`` False: a year in the question is then what it asks about, not an
+    as-of date) — its years."""
     text = " ".join(passages).casefold()
-    return sorted((n for n in names(question) if n not in text), key=question.casefold().find)
+    words = {w.casefold() for w in _WORD.findall(text)}
+    missing = {n for n in names(question) if n not in text}
+    missing |= {w.casefold() for w in rare_words(question) if not _mentioned(w, text, words)}
+    if not dated:
+        missing |= {y for y in _YEAR_IN_TEXT.findall(question) if y not in text}
+    return sorted(missing, key=question.casefold().find)
+
+
+_ASKED_UNITS: tuple[tuple[re.Pattern[str], re.Pattern[str], str], ...] = tuple(
+    (re.compile(q, re.IGNORECASE), re.compile(a, re.IGNORECASE), what) for q, a, what in (
+        (r"\b(?:how|wie) many (?:hours|stunden)\b|\bwie viele stunden\b", r"\d\s*(?:hours|stunden)\b", "a number of hours"),
+        (r"\bhow many euros?\b|\bwie viele? euro\b|\bin euros?\b",
+         r"(?:\d[\d .,]*|\w+(?:tausend|hundert)|\w*million\w*)\s*(?:eur|euro)\b|€\s*\d", "an amount in euros"),
+        (r"\bmg/dl\b", r"mg/dl", "a value in mg/dL"),
+        (r"\b(?:what|which) dose\b|\bwelche dosis\b", r"\d\s*(?:mg|g|ml|µg|mcg|units?|iu|ie)\b", "a dose"),
+        (r"\bhow much (?:does|do|did|would) .{1,80}\bcost\b|\bwhat (?:does|did) .{1,80}\bcost\b",
+         r"[$€£]\s*\d|\d\s*(?:dollars|euros?|eur|usd)\b", "a price"),
+    ))
+"""Questions that ask for a quantity in a unit (hours, euros, mg/dL, a dose, a price), and
+what a passage that answers them must hold: a number with that unit."""
+
+
+_COUNTED = re.compile(r"\b(?:how many|wie viele)\s+(?!of\b)([^\W\d_][\w-]*)", re.IGNORECASE)
+_NUMBER_WORD = (r"(?:\d[\d.,]*|one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|twenty|thirty|forty|"
+                r"fifty|hundred|thousand|ein|zwei|drei|vier|fünf|sechs|sieben|acht|neun|zehn|zwölf|zwanzig|"
+                r"dreißig|fünfzig|hundert|tausend)\w*")
+
+
+def missing_unit(question: str, passages: Sequence[str]) -> str | None:
+    """What the question asks for that no passage holds ("a number of hours"), or None.
+
+    Besides the units of :data:`_ASKED_UNITS`, "how many X" asks for a count of X: some
+    passage must put a number within a few words before an X ("voting members" → "… 27
+    members …"); "how many of the …" counts something named later and is not checked.
+    """
+    text = " ".join(passages)
+    for asked, answer, what in _ASKED_UNITS:
+        if asked.search(question) and not answer.search(text):
+            return what
+    m = _COUNTED.search(question)
+    if m:
+        noun = m.group(1)
+        near = re.compile(rf"\b{_NUMBER_WORD}(?:\W+\w+){{0,3}}?\W+{re.escape(noun[:max(4, len(noun) - 2)])}",
+                          re.IGNORECASE)
+        if not near.search(text):
+            return f"a number of {noun}"
+    return None
 
 
 def features(question: str, ranked: Sequence[Sentence], hits: Sequence[Any]) -> dict[str, float]:

@@ -26,6 +26,7 @@ from twinloop.serving.evidence import (
     Sentence,
     content_words,
     features,
+    missing_unit,
     rank_sentences,
     unmentioned,
 )
@@ -53,6 +54,9 @@ MIN_RELEVANCE = 0.25
 """A claim whose sentence scores below this says nothing about the question: dropped."""
 RELATIVE_RELEVANCE = 0.6
 """A claim scoring below this share of the best claim's relevance is dropped."""
+MAX_CLAIMS = 3
+"""Quotes in one answer at most: the model's (two at most, ``quotes.MAX_CLAIMS``) and the
+extractive picks, the most relevant first."""
 POSSIBLY_RELATED = 3
 """Passages a refusal lists as possibly related (never as claims)."""
 
@@ -82,18 +86,26 @@ class Decision:
 
 
 def decide(question: str, domains: list[str], hits: Sequence[Any], catalog: Catalog, jurisdiction: str | None,
-           embedder: Any, answerability: Answerability, query_vector: Any = None) -> Decision:
+           embedder: Any, answerability: Answerability, query_vector: Any = None,
+           as_of: str | None = None) -> Decision:
     """Out of scope, cannot verify, or answer — before any token is generated."""
-    verdict = out_of_scope(question, domains, catalog, jurisdiction)
+    verdict = out_of_scope(question, domains, catalog, jurisdiction, as_of=as_of)
     if verdict is not None:
         return Decision("out_of_scope", verdict.reason, verdict=verdict)
     if not hits:
         return Decision("cannot_verify", "nothing in the index matched the question")
-    missing = unmentioned(question, [h.text for h in hits])
+    texts = [h.text for h in hits]
+    # Sources with jurisdictions are dated editions (law): a year in the question is an as-of
+    # date there. Elsewhere (a filing, a study) the year is what the question is about.
+    dated = any(catalog.jurisdictions.get(d) for d in domains)
+    missing = unmentioned(question, texts, dated=dated)
     if missing:
         # The question is about something no retrieved passage names (a company, a drug, a
-        # figure): whatever the passages say, it is not about that.
+        # year): whatever the passages say, it is not about that.
         return Decision("cannot_verify", f"no passage found mentions {', '.join(repr(m) for m in missing[:3])}")
+    unit = missing_unit(question, texts)
+    if unit is not None:
+        return Decision("cannot_verify", f"the question asks for {unit}, and no passage found gives one")
     ranked = rank_sentences(question, [h.text for h in hits], embedder, query_vector, [h.score for h in hits])
     feats = features(question, ranked, hits)
     p = answerability.probability(feats)
@@ -193,15 +205,14 @@ def assemble(question: str, tokens: Sequence[int], q: Quoting, ranked: Sequence[
                 dropped.append(f"[{k.n}] far less relevant than the best claim")
             else:
                 final.append(k)
-        # The sentence retrieval ranks best goes in too when the model quoted elsewhere: a
-        # 135M model often opens on the right passage but the wrong sentence, and a second
-        # verbatim, cited quote costs the user one line (measured in docs/bench/grounding.md).
-        if ranked and not any(k.n == ranked[0].n and k.start < ranked[0].end and ranked[0].start < k.end
-                              for k in final):
-            top = ranked[0]
-            final.append(GroundedClaim(top.text, [top.n], top.n, top.start, top.end))
+        # The sentences the extractive answer would quote go in too when the model quoted
+        # elsewhere: a 135M model often opens on the right passage but the wrong sentence, and
+        # a verbatim, cited quote costs the user one line (measured in docs/bench/grounding.md).
+        for best in extractive(ranked):
+            if not any(k.n == best.n and k.start < best.end and best.start < k.end for k in final):
+                final.append(best)
         final.sort(key=lambda k: -_relevance_of(k, relevance))
-        return Grounded(final, "generated", dropped)
+        return Grounded(final[:MAX_CLAIMS], "generated", dropped)
     return Grounded(extractive(ranked), "extractive", dropped)
 
 

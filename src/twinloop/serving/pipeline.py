@@ -163,8 +163,9 @@ class AnswerPipeline:
             t = time.perf_counter()
             catalog = self.retriever.catalog(view.revision)
             grounding = decide(req.query, searchable or domains, passages[:MAX_PASSAGES],
-                               Catalog(catalog["jurisdictions"], catalog["articles"]), jurisdiction,
-                               self.retriever.store.embedder, self.answerability, decision.query_vector)
+                               Catalog(catalog["jurisdictions"], catalog["articles"], catalog["in_force"]),
+                               jurisdiction, self.retriever.store.embedder, self.answerability, decision.query_vector,
+                               as_of=day.isoformat())
             timings["decide"] = _ms(t)
 
         gen = None

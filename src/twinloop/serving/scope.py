@@ -52,6 +52,17 @@ class Catalog:
     """Domain → jurisdictions its documents carry (empty: the domain has none, e.g. medicine)."""
     articles: dict[str, frozenset[str]] = field(default_factory=dict)
     """Code (as stored, e.g. ``BDSG 2018``) → article numbers held (any edition)."""
+    in_force: dict[str, dict[str, tuple[tuple[str | None, str | None], ...]]] = field(default_factory=dict)
+    """Code → article → the ``(from, to)`` intervals its editions are in force (ISO dates, None
+    open). Empty for a code whose documents carry no dates."""
+
+    def held_on(self, code: str, article: str, day: str) -> bool | None:
+        """Whether an edition of ``code``'s ``article`` is in force on ``day``; None when the
+        catalog has no dates for it (then only "held in some edition" can be said)."""
+        intervals = self.in_force.get(code, {}).get(article)
+        if not intervals or all(a is None and b is None for a, b in intervals):
+            return None
+        return any((a is None or a <= day) and (b is None or day < b) for a, b in intervals)
 
 
 @dataclass(frozen=True)
@@ -122,9 +133,10 @@ def _mentions(text: str, name: str) -> bool:
 
 
 def out_of_scope(question: str, domains: list[str], catalog: Catalog, jurisdiction: str | None = None,
-                 gazetteer: Gazetteer | None = None) -> ScopeVerdict | None:
+                 gazetteer: Gazetteer | None = None, as_of: str | None = None) -> ScopeVerdict | None:
     """The reason ``question`` asks for a jurisdiction, source or article the index does not
-    hold, or None.
+    hold, or None. With ``as_of`` (ISO date), an article held only in editions not in force
+    that day is not held for the question either.
 
     Applies to domains whose documents carry jurisdictions (law); a domain without any (medicine,
     finance) is never out of scope by these rules.
@@ -157,9 +169,16 @@ def out_of_scope(question: str, domains: list[str], catalog: Catalog, jurisdicti
         stored = [c for c in src.stored_as if c in catalog.articles]
         for m in _ARTICLE.finditer(question):
             number = m.group(1) + (m.group(2) or "").lower()
-            if not any(number in catalog.articles[c] or m.group(1) in catalog.articles[c] for c in stored):
+            found = [(c, a) for c in stored for a in (number, m.group(1)) if a in catalog.articles[c]]
+            if not found:
                 return ScopeVerdict(f"The index holds no article {number} of {src.code}.",
                                     {"source": src.code, "article": number})
+            if as_of is not None:
+                on_day = [catalog.held_on(c, a, as_of) for c, a in found]
+                if on_day and all(v is False for v in on_day):
+                    return ScopeVerdict(f"The index holds article {number} of {src.code} only in editions not "
+                                        f"in force on {as_of}.", {"source": src.code, "article": number,
+                                                                  "as_of": as_of})
     if named:
         return None  # a held source named: in scope whatever else the question mentions
     for code, names in gz.jurisdictions.items():
