@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo test venv clean bench
+.PHONY: demo test venv clean bench fuzz
 
 venv: $(STAMP)
 
@@ -29,6 +29,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# Schemathesis against the OpenAPI schema on a real server, once per role; bounded in time,
+# fails on any 5xx or schema violation (scripts/fuzz_api.py). Runs in CI after `make test`.
+fuzz: $(STAMP)
+	$(BIN)/python scripts/fuzz_api.py $(ARGS)
 
 # Every benchmark program, one after another; `make bench ARGS=--quick` for a smoke run.
 bench: $(STAMP)
