@@ -21,6 +21,15 @@ def _clean_env(monkeypatch):
             monkeypatch.delenv(key)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _audit_key_home(tmp_path_factory):
+    """The audit key (and its checkpoints) live under a temporary XDG_CONFIG_HOME, never the
+    developer's ~/.config; subprocesses inherit it, so every process of a test shares the key."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.mktemp("xdg-config")))
+        yield
+
+
 @pytest.fixture
 def tiny_settings(tmp_path) -> Settings:
     """Settings on a tiny random model in a fresh data directory."""

@@ -20,3 +20,21 @@ def wide_tiny_foundation(path, hidden: int = 64):
             if p.dim() == 2:
                 p.normal_(0.0, 0.2)
     return f
+
+
+def tiny_server_settings(data_dir, *, limit: int, api: dict):
+    """Settings for a module-scoped API server on the tiny model, read with no ``TWINLOOP_*``
+    variable of the caller's environment (conftest's per-test cleaning has not run yet at
+    module scope)."""
+    import os
+
+    import pytest
+
+    from twinloop.kernel.config import load_settings
+
+    with pytest.MonkeyPatch.context() as mp:
+        for key in [k for k in os.environ if k.startswith("TWINLOOP_")]:
+            mp.delenv(key)
+        return load_settings(None, data_dir=data_dir, foundation={"source": "tiny"},
+                             serving={"max_new_tokens_limit": limit, "answer_max_new_tokens": 8, "max_wait_ms": 2},
+                             api=api)

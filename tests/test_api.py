@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import httpx
 import openai
 import pytest
+from helpers import tiny_server_settings
 from prometheus_client.parser import text_string_to_metric_families
 
 from twinloop.api import create_app
@@ -25,7 +24,6 @@ from twinloop.api.errors import to_api_error
 from twinloop.api.logs import ACCESS_LOGGER, JsonFormatter
 from twinloop.api.ratelimit import RateLimiter
 from twinloop.api.server import ServerThread
-from twinloop.kernel.config import load_settings
 from twinloop.kernel.errors import ConfigError
 from twinloop.runtime import Runtime
 from twinloop.serving.engine import EngineStoppedError, QueueFullError
@@ -50,12 +48,11 @@ LAW_DOCS = [
 class Api:
     """A running server and the pieces the tests need."""
 
-    def __init__(self, service: Service, server: ServerThread, limited: ServerThread, adapter_dir: Path):
+    def __init__(self, service: Service, server: ServerThread, limited: ServerThread):
         self.service = service
         self.server = server
         self.url = server.url
         self.limited_url = limited.url
-        self.adapter_dir = adapter_dir
         self.http = httpx.Client(base_url=server.url, timeout=60)
 
     def call(self, method: str, path: str, role: str | None = "admin", **kw) -> httpx.Response:
@@ -68,30 +65,12 @@ class Api:
         return openai.OpenAI(base_url=f"{self.url}/v1", api_key=KEYS[role], max_retries=0, timeout=60)
 
 
-def _adapter_folder(path: Path, layers: int, hidden: int) -> Path:
-    """A real PEFT LoRA folder for a fresh tiny base with the served model's shapes."""
-    from peft import LoraConfig, get_peft_model
-
-    from twinloop.foundation.tiny import tiny_model, tiny_tokenizer
-
-    model = get_peft_model(tiny_model(tiny_tokenizer(), layers, hidden),
-                           LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
-    model.save_pretrained(str(path))
-    return path
-
-
 @pytest.fixture(scope="module")
 def api(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("api")
-    with pytest.MonkeyPatch.context() as mp:  # module scope: conftest's _clean_env has not run yet
-        for key in [k for k in os.environ if k.startswith("TWINLOOP_")]:
-            mp.delenv(key)
-        settings = load_settings(
-            None, data_dir=tmp / "data", foundation={"source": "tiny"},
-            serving={"max_new_tokens_limit": LIMIT, "answer_max_new_tokens": 8, "max_wait_ms": 2},
-            api={"api_keys": {KEYS[r]: r for r in KEYS}, "max_body_bytes": MAX_BODY,
-                 "rate_limit_per_minute": 100_000},
-        )
+    settings = tiny_server_settings(tmp / "data", limit=LIMIT, api={
+        "api_keys": {KEYS[r]: r for r in KEYS}, "max_body_bytes": MAX_BODY,
+        "rate_limit_per_minute": 100_000, "auth_failures_per_minute": 100_000})
     service = Service(Runtime(settings))
     app = create_app(service, settings)
     # A second app on the same (already running) service: a tight rate limit, and a route that
@@ -103,9 +82,8 @@ def api(tmp_path_factory):
         raise RuntimeError("internal detail /secret/path")
 
     limited_app.add_api_route("/boom", boom, methods=["GET"])
-    adapter_dir = _adapter_folder(tmp / "adapter", settings.foundation.tiny_layers, settings.foundation.tiny_hidden)
     with ServerThread(app) as server, ServerThread(limited_app, lifespan="off") as limited:
-        a = Api(service, server, limited, adapter_dir)
+        a = Api(service, server, limited)
         r = a.call("POST", "/v1/ingest", role="operator", json={"domain": "law", "documents": LAW_DOCS})
         assert r.status_code == 200, r.text
         yield a
@@ -289,18 +267,6 @@ def test_ingest_report_and_answerable(api):
     assert "https://example.org/gdpr/20" in {p["uri"] for p in r.json()["retrieved"]}
 
 
-def test_lora_load_list_delete(api):
-    r = api.call("POST", "/v1/lora", json={"name": "law@test", "path": str(api.adapter_dir)})
-    assert r.status_code == 200, r.text
-    assert r.json()["name"] == "law@test"
-    r = api.call("GET", "/v1/lora")
-    assert r.status_code == 200, r.text
-    assert "law@test" in [a["name"] for a in r.json()["data"]]
-    r = api.call("DELETE", "/v1/lora/law@test")
-    assert r.status_code == 200 and r.json() == {"name": "law@test", "deleted": True}
-    assert_error(api.call("DELETE", "/v1/lora/law@test"), 422, "invalid_input")
-
-
 # -- 401 / 403 --------------------------------------------------------------------------------
 
 PROTECTED = [
@@ -313,7 +279,7 @@ PROTECTED = [
     ("POST", "/v1/feedback", {"request_id": "req_x", "score": 1}),
     ("POST", "/v1/ingest", {"domain": "law", "documents": [{"text": "t"}]}),
     ("GET", "/v1/lora", None),
-    ("POST", "/v1/lora", {"name": "x", "path": "/nowhere"}),
+    ("POST", "/v1/lora", {"adapter": "law@rel_nowhere"}),
     ("DELETE", "/v1/lora/x", None),
 ]
 BAD_CREDENTIALS = {
@@ -343,10 +309,10 @@ FORBIDDEN = [
     ("reader", "POST", "/v1/feedback", {"request_id": "req_x", "score": 1}),
     ("reader", "POST", "/v1/ingest", {"domain": "law", "documents": [{"text": "t"}]}),
     ("reader", "GET", "/v1/lora", None),
-    ("reader", "POST", "/v1/lora", {"name": "x", "path": "/nowhere"}),
+    ("reader", "POST", "/v1/lora", {"adapter": "law@rel_nowhere"}),
     ("reader", "DELETE", "/v1/lora/x", None),
     ("operator", "GET", "/v1/lora", None),
-    ("operator", "POST", "/v1/lora", {"name": "x", "path": "/nowhere"}),
+    ("operator", "POST", "/v1/lora", {"adapter": "law@rel_nowhere"}),
     ("operator", "DELETE", "/v1/lora/x", None),
 ]
 
@@ -401,7 +367,7 @@ SCHEMA = [
      "messages[0].role", "'boss'"),
     ("chat-n", "/v1/chat/completions", {"model": "twinloop", "n": 2, "messages": [{"role": "user", "content": "q"}]},
      "n", "n = 2"),
-    ("lora-bad-name", "/v1/lora", {"name": "has space", "path": "/x"}, "name", "'has space'"),
+    ("lora-path-field", "/v1/lora", {"adapter": "law@x", "path": "/etc"}, "path", "path"),
 ]
 
 
@@ -436,7 +402,6 @@ SEMANTIC = [
     ("chat-image-part", "/v1/chat/completions",
      {"model": "twinloop", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]},
      "invalid_value", "only text parts"),
-    ("lora-bad-path", "/v1/lora", {"name": "law@x", "path": "/no/such/folder"}, "invalid_adapter", "/no/such/folder"),
 ]
 
 

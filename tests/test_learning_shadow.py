@@ -88,6 +88,7 @@ def test_sigkill_mid_training_leaves_state_intact_and_next_run_is_clean(runtime)
     assert [r["status"] for r in list_samples(runtime.db)] == ["new"] * 3
     assert jobs.reap_stale() == [jid]
     assert jobs.get(jid)["status"] == "failed" and "died" in jobs.get(jid)["error"]
+    assert runtime.events.list(action="training.failed", subject=jid)[0].reason == jobs.get(jid)["error"]
     assert any(runtime.data_dir.shadow_tmp.iterdir())  # the killed run's folder is still there...
 
     jid2 = start_training_job(runtime.settings, runtime.db, runtime.domains.names(), domains=["law"])
@@ -138,7 +139,7 @@ def test_api_train_routes(runtime):
     settings = runtime.settings.model_copy(update={"api": runtime.settings.api.model_copy(
         update={"api_keys": {v: k for k, v in keys.items()}})})
     rt = Runtime(settings)
-    with TestClient(create_app(Service(rt), settings)) as client:
+    with TestClient(create_app(Service(rt), settings), base_url="http://localhost") as client:
         def call(method, path, role="admin", **kw):
             return client.request(method, path, headers={"X-API-Key": keys[role]}, **kw)
 
@@ -162,3 +163,32 @@ def test_api_train_routes(runtime):
         assert got.status_code == 200 and got.json()["status"] == "succeeded", got.text
         assert "settings" not in got.json()["params"] and got.json()["result"]["release_id"].startswith("rel_")
         assert call("GET", f"/v1/admin/train/{jid}").json()["status"] == "cancelled"
+
+
+# -- a job whose worker died is reaped with its training.failed event ------------------------------
+
+@pytest.mark.parametrize("status", ["queued", "running"])
+def test_reaped_job_gets_a_training_failed_event(tmp_path, status):
+    from twinloop.kernel.datadir import DataDir
+    from twinloop.kernel.db import Database
+    from twinloop.release.events import EventStore
+
+    db = Database(DataDir(tmp_path / "data").database)
+    jobs = TrainJobs(db)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # exited and collected: its pid names no process
+    jid = jobs.create(["law"], {})
+    if status == "running":
+        jobs.start(jid, dead.pid)
+    else:
+        jobs.set_pid(jid, dead.pid)
+    unborn = jobs.create(["fin"], {})  # no pid yet: its starter is between insert and spawn
+    assert jobs.reap_stale() == [jid]
+    assert jobs.reap_stale() == []  # reaped once, one event
+    events = EventStore(db)
+    failed = events.list(action="training.failed")
+    assert [(e.subject, e.actor) for e in failed] == [(jid, "system:reaper")]
+    reason = f"worker process {dead.pid} died ({status}); reaped"
+    assert failed[0].reason == reason == jobs.get(jid)["error"]
+    assert failed[0].data == {"pid": dead.pid, "status": status, "domains": ["law"]}
+    assert jobs.get(unborn)["status"] == "queued" and events.verify().ok

@@ -306,6 +306,10 @@ def test_approval_required_for_law(server, tmp_path):
     assert r.status_code == 200 and r.json()["approvals"][0]["actor"].startswith("key:")
     ev = server.runtime.events.list(action="release.approved")
     assert ev[0].subject == rid and ev[0].reason == "checked the new articles"
+    # Law needs two reviewers (two-person rule): one key's approval alone does not swap.
+    r = server.http.post("/v1/admin/swap", json={"release": rid})
+    assert r.status_code == 409 and "approv" in r.json()["error"]["message"]
+    rt.releases.approve(rid, "cli:second-reviewer", "read it too")
     assert server.http.post("/v1/admin/swap", json={"release": rid}).status_code == 200
 
 

@@ -272,3 +272,70 @@ def test_unload_waits_for_generation(tiny, registry):
     u.join(5)
     g.join(5)
     assert unloaded.is_set() and "a" not in registry
+
+
+# -- weights that would poison every answer, names that must not be replaced, no paths out --------
+
+def _poison(folder, value: float, dtype=None):
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(str(folder / "adapter_model.safetensors"))
+    key = max(weights)
+    if dtype is not None:
+        weights = {k: v.to(dtype) for k, v in weights.items()}
+    weights[key].view(-1)[3] = value
+    save_file(weights, str(folder / "adapter_model.safetensors"), metadata={"format": "pt"})
+    return key
+
+
+@pytest.mark.parametrize(("value", "dtype", "says"), [
+    (float("nan"), None, "1 NaN value"),
+    (float("inf"), None, "1 Inf value"),
+    (float("-inf"), None, "1 Inf value"),
+    (float("nan"), torch.float16, "1 NaN value"),
+    (float("inf"), torch.bfloat16, "1 Inf value"),
+], ids=["nan", "inf", "-inf", "nan-fp16", "inf-bf16"])
+def test_non_finite_weights_are_refused_and_the_old_adapter_stays(tmp_path, tiny, registry, adapter_dirs,
+                                                                  value, dtype, says):
+    registry.load("x", adapter_dirs[0])
+    before = greedy_ids(tiny, adapter="x")
+    bad = save_adapter(tmp_path / "bad", tmp_path / "mb", seed=5)
+    key = _poison(bad, value, dtype)
+    with pytest.raises(ModelLoadError, match=says) as e:
+        registry.load("x", bad)
+    assert repr(key) in str(e.value)
+    with pytest.raises(ModelLoadError, match=says):
+        registry.load("fresh", bad)
+    assert registry.names() == ["x"] and greedy_ids(tiny, adapter="x") == before
+
+
+@pytest.mark.parametrize("case", ["missing-folder", "no-weights", "no-config", "bad-json", "not-lora", "wrong-targets",
+                                  "corrupt-weights", "nan"])
+def test_a_label_keeps_the_folder_out_of_errors(tmp_path, registry, case):
+    folder = save_adapter(tmp_path / "secret-place", tmp_path / "m", seed=1)
+    folder = _break(folder, case) if case != "nan" else folder
+    if case == "nan":
+        _poison(folder, float("nan"))
+    with pytest.raises(ModelLoadError) as e:
+        registry.load("law", folder, label="adapter artifact 0123456789ab")
+    assert "adapter artifact 0123456789ab" in str(e.value)
+    assert "secret-place" not in str(e.value) and str(tmp_path) not in str(e.value)
+
+
+def test_replace_false_refuses_a_resident_name(tiny, registry, adapter_dirs):
+    from twinloop.serving.adapters import AdapterNameTakenError
+
+    registry.load("law@rel_1", adapter_dirs[0])
+    before = greedy_ids(tiny, adapter="law@rel_1")
+    with pytest.raises(AdapterNameTakenError, match="'law@rel_1' is already loaded"):
+        registry.load("law@rel_1", adapter_dirs[1], replace=False)
+    assert greedy_ids(tiny, adapter="law@rel_1") == before
+    registry.load("other", adapter_dirs[1], replace=False)  # a free name loads
+    assert registry.names() == ["law@rel_1", "other"]
+
+
+def test_listing_shows_the_source_not_the_path(registry, adapter_dirs):
+    registry.load("x", adapter_dirs[0])
+    doc = registry.info()["x"].to_dict()
+    assert "path" not in doc and doc["source"] == adapter_dirs[0].name
+    assert registry.info()["x"].path == str(adapter_dirs[0])  # kept for this process's own logs

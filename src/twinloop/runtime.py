@@ -90,10 +90,38 @@ class Runtime:
 
     @cached_property
     def feedback(self):
-        """Feedback intake of the learning loop (stored once, filtered into samples)."""
-        from twinloop.learning.feedback import FeedbackDesk
+        """Feedback intake of the learning loop (stored once, filtered into samples).
 
-        return FeedbackDesk(self.db, self.domains, events=self.events)
+        Its filters get the index as a callable, so a correction that contradicts a
+        citation-required domain's sources goes to review (learning/filters.py
+        ``ContradictionFilter``) while the learning loop still imports nothing of serving.
+        """
+        from twinloop.learning.feedback import FeedbackDesk
+        from twinloop.learning.filters import FilterPipeline, feedback_stages
+        from twinloop.learning.intake import FeedbackIntake
+
+        stages = feedback_stages(retrieve=self._source_passages, cited=self._citations_required)
+        intake = FeedbackIntake(self.db, self.domains, pipeline=FilterPipeline(stages))
+        return FeedbackDesk(self.db, self.domains, events=self.events, intake=intake)
+
+    def _source_passages(self, domain: str, question: str) -> list[dict[str, Any]]:
+        """The domain's passages in force today for ``question``, best first.
+
+        BM25 only: the check compares numbers and wording, which lexical search finds, and a
+        correction need not wait for a query embedding.
+        """
+        from twinloop.knowledge.retrieval import MAX_QUERY_CHARS
+
+        hits = self.retriever.view().search(question[:MAX_QUERY_CHARS], [domain], k=3, mode="bm25").hits
+        return [{"text": h.text, "uri": h.citation.get("uri") or h.label, "citation": h.citation} for h in hits]
+
+    def _citations_required(self, domain: str) -> bool:
+        from twinloop.kernel.errors import UnknownDomainError
+
+        try:
+            return self.domains.get(domain).citations_required
+        except UnknownDomainError:
+            return False
 
     @cached_property
     def router(self):

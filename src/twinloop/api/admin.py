@@ -1,7 +1,7 @@
 """The release admin API (paper §5; docs/DESIGN.md "Releasing"): QA, canary, swap, rollback, releases, approvals,
-audit events, faults, retention. Every route needs the admin role and only calls the
-library (``serving/control.py``, ``release/*``); the actor of every action is the caller's
-key id, written to the audit log.
+audit events, faults, retention, and the resident adapters (``/v1/lora``). Every route needs
+the admin role and only calls the library (``serving/control.py``, ``release/*``); the actor
+of every action is the caller's key id, written to the audit log.
 """
 
 from __future__ import annotations
@@ -10,11 +10,13 @@ import threading
 from typing import Any
 
 from fastapi import APIRouter, Depends
+from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
+from pydantic import BaseModel, ConfigDict, Field
 
 from twinloop.api.auth import Principal
 from twinloop.api.deps import GuardedRoute, require, service
-from twinloop.api.errors import ApiError
+from twinloop.api.errors import ApiError, responses
 from twinloop.api.schemas import (
     ApproveBody,
     CanaryBody,
@@ -24,11 +26,14 @@ from twinloop.api.schemas import (
     RollbackBody,
     SwapBody,
 )
+from twinloop.kernel.errors import IntegrityError, ModelLoadError
 from twinloop.release.promotion import resolve_candidate
+from twinloop.serving.adapters import AdapterNameTakenError
 from twinloop.serving.faults import Fault
 from twinloop.serving.service import Service
 
-router = APIRouter(route_class=GuardedRoute, prefix="/v1/admin", tags=["release"])
+release_routes = APIRouter(route_class=GuardedRoute, prefix="/v1/admin", tags=["release"])
+lora_routes = APIRouter(route_class=GuardedRoute, prefix="/v1/lora", tags=["adapters"])
 _qa_lock = threading.Lock()
 
 
@@ -50,12 +55,12 @@ def release_summary(svc: Service, rid: str) -> dict[str, Any]:
     return doc
 
 
-@router.get("/status", summary="Active, Shadow, canary, breaker, rollback watch, faults")
+@release_routes.get("/status", summary="Active, Shadow, canary, breaker, rollback watch, faults")
 def status(svc: Service = Depends(service), _: Principal = Depends(require("admin"))) -> dict[str, Any]:
     return svc.control.status()
 
 
-@router.get("/releases", summary="Releases, newest first, with gate results")
+@release_routes.get("/releases", summary="Releases, newest first, with gate results")
 def releases(limit: int = 50, svc: Service = Depends(service),
              _: Principal = Depends(require("admin"))) -> dict[str, Any]:
     if not 1 <= limit <= 1000:
@@ -65,7 +70,7 @@ def releases(limit: int = 50, svc: Service = Depends(service),
             "items": [release_summary(svc, r.id) for r in reg.list(limit)]}
 
 
-@router.get("/releases/{rid}", summary="One release: record, lineage, reports, approvals")
+@release_routes.get("/releases/{rid}", summary="One release: record, lineage, reports, approvals")
 def release_detail(rid: str, svc: Service = Depends(service),
                    _: Principal = Depends(require("admin"))) -> dict[str, Any]:
     reg = svc.runtime.releases
@@ -76,7 +81,7 @@ def release_detail(rid: str, svc: Service = Depends(service),
             "approvals": reg.approvals(rid)}
 
 
-@router.post("/releases/{rid}/approve", summary="Approve a release for domains that require it")
+@release_routes.post("/releases/{rid}/approve", summary="Approve a release for domains that require it")
 def approve(rid: str, body: ApproveBody, svc: Service = Depends(service),
             who: Principal = Depends(require("admin"))) -> dict[str, Any]:
     if not svc.control.registry.exists(rid):
@@ -84,7 +89,7 @@ def approve(rid: str, body: ApproveBody, svc: Service = Depends(service),
     return svc.control.promoter.approve(rid, actor=actor(who), note=body.note)
 
 
-@router.post("/qa", summary="QA dry-run of a candidate against Active (blocking; isolated copy)")
+@release_routes.post("/qa", summary="QA dry-run of a candidate against Active (blocking; isolated copy)")
 def qa(body: QaBody, svc: Service = Depends(service), who: Principal = Depends(require("admin"))) -> dict[str, Any]:
     """Loads a separate copy of the base model (so serving, metrics and the request log are not
     touched), answers the held-out cases with the candidate and Active, stores the report
@@ -108,7 +113,7 @@ def qa(body: QaBody, svc: Service = Depends(service), who: Principal = Depends(r
         _qa_lock.release()
 
 
-@router.post("/canary", status_code=201, summary="Start a canary of a candidate")
+@release_routes.post("/canary", status_code=201, summary="Start a canary of a candidate")
 def canary_start(body: CanaryBody, svc: Service = Depends(service),
                  who: Principal = Depends(require("admin"))) -> dict[str, Any]:
     run = svc.control.start_canary(body.release, actor=actor(who), ratio=body.ratio, mode=body.mode,
@@ -116,30 +121,30 @@ def canary_start(body: CanaryBody, svc: Service = Depends(service),
     return run.to_dict()
 
 
-@router.get("/canary", summary="The running (or last) canary: arms and the current decision")
+@release_routes.get("/canary", summary="The running (or last) canary: arms and the current decision")
 def canary_status(svc: Service = Depends(service), _: Principal = Depends(require("admin"))) -> dict[str, Any]:
     return svc.control.canary_status()
 
 
-@router.delete("/canary", summary="Stop the running canary (no gate result is recorded)")
+@release_routes.delete("/canary", summary="Stop the running canary (no gate result is recorded)")
 def canary_stop(svc: Service = Depends(service), who: Principal = Depends(require("admin"))) -> dict[str, Any]:
     return svc.control.stop_canary(actor=actor(who))
 
 
-@router.post("/swap", summary="Promote a release to Active (gates checked)")
+@release_routes.post("/swap", summary="Promote a release to Active (gates checked)")
 async def swap(body: SwapBody, svc: Service = Depends(service),
                who: Principal = Depends(require("admin"))) -> dict[str, Any]:
     return await run_in_threadpool(lambda: svc.control.swap(body.release, actor=actor(who), reason=body.reason,
                                                             force=body.force))
 
 
-@router.post("/rollback", summary="Point Active back at the previous or a named release")
+@release_routes.post("/rollback", summary="Point Active back at the previous or a named release")
 async def rollback(body: RollbackBody, svc: Service = Depends(service),
                    who: Principal = Depends(require("admin"))) -> dict[str, Any]:
     return await run_in_threadpool(lambda: svc.control.rollback(actor=actor(who), reason=body.reason, to=body.to))
 
 
-@router.get("/events", summary="Audit events, newest first")
+@release_routes.get("/events", summary="Audit events, newest first")
 def events(limit: int = 100, action: str | None = None, subject: str | None = None,
            svc: Service = Depends(service), _: Principal = Depends(require("admin"))) -> dict[str, Any]:
     if not 1 <= limit <= 10_000:
@@ -147,17 +152,17 @@ def events(limit: int = 100, action: str | None = None, subject: str | None = No
     return {"items": [e.to_dict() for e in svc.runtime.events.list(limit=limit, action=action, subject=subject)]}
 
 
-@router.get("/events/verify", summary="Recompute the audit log's hash chain")
+@release_routes.get("/events/verify", summary="Recompute the audit log's hash chain")
 def events_verify(svc: Service = Depends(service), _: Principal = Depends(require("admin"))) -> dict[str, Any]:
     return svc.runtime.events.verify().to_dict()
 
 
-@router.get("/faults", summary="Injected faults")
+@release_routes.get("/faults", summary="Injected faults")
 def faults(svc: Service = Depends(service), _: Principal = Depends(require("admin"))) -> dict[str, Any]:
     return {"items": [f.to_dict() for f in svc.control.faults.list()]}
 
 
-@router.post("/faults", summary="Inject (or clear, with zeros) a fault into a release, to rehearse rollback")
+@release_routes.post("/faults", summary="Inject (or clear, with zeros) a fault into a release, to rehearse rollback")
 def fault_set(body: FaultBody, svc: Service = Depends(service),
               who: Principal = Depends(require("admin"))) -> dict[str, Any]:
     rid = body.release or svc.active.id
@@ -166,10 +171,61 @@ def fault_set(body: FaultBody, svc: Service = Depends(service),
     return svc.control.inject_fault(Fault(rid, body.error_rate, body.delay_ms), actor=actor(who)).to_dict()
 
 
-@router.post("/retention", summary="Remove old releases and unreferenced artifacts (keeps Active, Shadow, parents)")
+@release_routes.post("/retention", summary="Remove old releases and unreferenced artifacts (keeps Active, Shadow, parents)")
 def retention(body: RetentionBody, svc: Service = Depends(service),
               who: Principal = Depends(require("admin"))) -> dict[str, Any]:
     from twinloop.release.retention import prune
 
     plan = prune(svc.runtime.releases, svc.settings.retention, actor=actor(who), dry_run=body.dry_run)
     return plan.to_dict()
+
+
+# -- resident adapters (docs/DESIGN.md "Serving", "State") ----------------------------------------
+
+
+class LoraLoadBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a client still sending "path" is told so
+
+    adapter: str = Field(min_length=1, max_length=200,
+                         description="A registered adapter: '<domain>@<release id>', or an artifact digest that a "
+                                     "release names (64 hex digits, or a unique prefix of at least 12). Never a path.")
+    name: str | None = Field(default=None, min_length=1, max_length=128,
+                             description="Resident name for a digest (default 'adapter-<digest prefix>'; no '@'). "
+                                         "A release's adapter is always resident as '<domain>@<release id>'.")
+
+
+@lora_routes.get("", summary="Resident LoRA adapters")
+def lora_list(svc: Service = Depends(service), _: Principal = Depends(require("admin"))) -> dict[str, Any]:
+    return {"object": "list", "data": svc.list_adapters()}
+
+
+@lora_routes.post("", summary="Load a registered adapter from the artifact store (by digest or release)",
+                  responses=responses(409))
+def lora_load(body: LoraLoadBody, svc: Service = Depends(service),
+              who: Principal = Depends(require("admin"))) -> dict[str, Any]:
+    """Load a registered adapter (SHA-256 checked) under a name that is not resident yet;
+    422 for a reference the registry does not know or weights that do not load, 409 for a
+    name already resident (an adapter serving a release is never replaced)."""
+    try:
+        return svc.control.load_adapter(body.adapter, actor=actor(who), name=body.name)
+    except AdapterNameTakenError as e:
+        raise ApiError(409, str(e), code="adapter_exists", param="name") from e
+    except (ModelLoadError, IntegrityError) as e:  # messages name the digest, never a folder
+        raise ApiError(422, str(e), code="invalid_adapter", param="adapter") from e
+
+
+@lora_routes.delete("/{name}", summary="Unload an adapter an operator loaded", responses=responses(409))
+def lora_delete(name: str = PathParam(max_length=128), svc: Service = Depends(service),
+                who: Principal = Depends(require("admin"))) -> dict[str, Any]:
+    """Unload once no admitted request holds it; 422 for an unknown name or one a release
+    this server keeps uses, 409 while requests still hold it."""
+    try:
+        return svc.control.unload_adapter(name, actor=actor(who), timeout=svc.settings.serving.request_timeout_s)
+    except TimeoutError as e:  # still held by in-flight requests
+        raise ApiError(409, str(e), code="adapter_in_use", param="name") from e
+
+
+# What app.py includes. Built last: include_router copies the routes declared above.
+router = APIRouter()
+router.include_router(release_routes)
+router.include_router(lora_routes)

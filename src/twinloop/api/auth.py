@@ -16,8 +16,11 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import re
+import threading
+import time
+from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from twinloop.kernel.config import ApiConfig
@@ -86,6 +89,8 @@ class AuthFailure:
     key_id: str | None
     """Hash prefix of the key presented, if any (never the key itself)."""
     required: Role | None = None
+    client: str | None = None
+    """The client's address (for per-address throttling and aggregation; never stored raw)."""
 
 
 class AuthError(Exception):
@@ -130,7 +135,7 @@ class KeyStore:
         return not self._roles
 
     def authenticate(self, authorization: str | None, x_api_key: str | None, *, required: Role, route: str,
-                     request_id: str) -> Principal:
+                     request_id: str, client: str | None = None) -> Principal:
         """The caller of a request that needs ``required``.
 
         Raises:
@@ -140,17 +145,17 @@ class KeyStore:
             return Principal(None, "admin")
         key = _presented_key(authorization, x_api_key)
         if key is None:
-            self._fail(AuthFailure("missing_key", route, request_id, None, required),
+            self._fail(AuthFailure("missing_key", route, request_id, None, required, client),
                        "missing API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'")
         digest = hash_key(key)
         # A dict lookup on the digest: timing can at most reveal digest prefixes, which does not
         # help to find a key (SHA-256 preimage resistance).
         role = self._roles.get(digest)
         if role is None:
-            self._fail(AuthFailure("invalid_key", route, request_id, digest[:12], required), "invalid API key")
+            self._fail(AuthFailure("invalid_key", route, request_id, digest[:12], required, client), "invalid API key")
         principal = Principal(digest, role)
         if not principal.may(required):
-            self._fail(AuthFailure("forbidden", route, request_id, principal.key_id, required),
+            self._fail(AuthFailure("forbidden", route, request_id, principal.key_id, required, client),
                        f"this key's role {role!r} may not call {route}: it needs {required!r}")
         return principal
 
@@ -168,3 +173,89 @@ def _presented_key(authorization: str | None, x_api_key: str | None) -> str | No
     if x_api_key and x_api_key.strip():
         return x_api_key.strip()
     return None
+
+
+AUDIT_WINDOW_S = 60.0
+"""Refused requests of one client address are aggregated per this many seconds."""
+MAX_AUDIT_WINDOWS = 10_000
+"""Open windows kept; past it, the failures of further addresses share one window."""
+OVERFLOW = "other"
+
+
+@dataclass
+class _Window:
+    started: float
+    first: AuthFailure
+    count: int = 1
+    reasons: Counter = field(default_factory=Counter)
+
+
+class FailureAudit:
+    """Aggregates refused requests so that a flood cannot grow the append-only audit log.
+
+    The first refusal of a client address in a window of ``window_s`` seconds is written at
+    once (with its route, reason and request id); the ones after it are only counted, and
+    written as one summary event with the count when the window closes (at the address's
+    next refusal after it, at the next sweep, or at :meth:`flush`). So an address costs at
+    most two events per window however many requests it sends.
+
+    Args:
+        write: ``write(first, count)``: writes one event; ``count`` is 1 for a first
+            refusal, else the number of further refusals in the window (``first`` then
+            being the window's first one, for its address and time).
+        clock: Monotonic seconds; injectable for tests.
+    """
+
+    def __init__(self, write: Callable[[AuthFailure, int, Counter | None], None], *,
+                 window_s: float = AUDIT_WINDOW_S, max_windows: int = MAX_AUDIT_WINDOWS,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._write = write
+        self.window_s = window_s
+        self.max_windows = max_windows
+        self._clock = clock
+        self._windows: dict[str, _Window] = {}
+        self._last_sweep = clock()
+        self._lock = threading.Lock()
+
+    def record(self, failure: AuthFailure) -> bool:
+        """Count one refusal; returns True when it was written as an event of its own."""
+        now = self._clock()
+        due: list[_Window] = []
+        opened = False
+        with self._lock:
+            if now - self._last_sweep >= 1.0:
+                due += self._take_expired(now)
+            address = failure.client or "unknown"
+            if address not in self._windows and len(self._windows) >= self.max_windows:
+                address = OVERFLOW
+            w = self._windows.get(address)
+            if w is not None and now - w.started >= self.window_s:
+                due.append(self._windows.pop(address))
+                w = None
+            if w is None:
+                self._windows[address] = _Window(now, failure)
+                opened = True
+            else:
+                w.count += 1
+                w.reasons[failure.reason] += 1
+        for closed in due:
+            self._summarise(closed)
+        if opened:
+            self._write(failure, 1, None)
+        return opened
+
+    def flush(self) -> None:
+        """Write the counts of every open window (at shutdown)."""
+        with self._lock:
+            windows, self._windows = list(self._windows.values()), {}
+        for w in windows:
+            self._summarise(w)
+
+    def _take_expired(self, now: float) -> list[_Window]:
+        self._last_sweep = now
+        expired = [a for a, w in self._windows.items() if now - w.started >= self.window_s]
+        return [self._windows.pop(a) for a in expired]
+
+    def _summarise(self, w: _Window) -> None:
+        if w.count > 1:
+            self._write(w.first, w.count - 1, w.reasons)

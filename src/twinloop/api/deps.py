@@ -16,7 +16,7 @@ from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
-from twinloop.api.auth import KeyStore, Principal, Role
+from twinloop.api.auth import AuthError, KeyStore, Principal, Role
 from twinloop.api.errors import ApiError, retry_after
 from twinloop.api.ratelimit import RateLimiter
 from twinloop.serving.service import Service
@@ -30,20 +30,41 @@ def service(request: Request) -> Service:
     return request.app.state.service
 
 
+def client_address(request: Request) -> str:
+    """The peer's address (behind a reverse proxy: the proxy's, for every client)."""
+    return request.client.host if request.client else "unknown"
+
+
 async def authorize(request: Request, role: Role) -> Principal:
     """Admit the caller of ``request`` if it has ``role``, within its rate limit (once per request).
 
     Raises (answered by the app's handlers):
         AuthError: 401 without a valid key, 403 without the role.
-        ApiError: 429 with ``Retry-After`` over the caller's rate limit.
+        ApiError: 429 with ``Retry-After`` over the caller's rate limit, or when its address
+            has failed authentication more than ``api.auth_failures_per_minute`` times.
     """
     done: Principal | None = getattr(request.state, "principal", None)
     if done is not None and done.may(role):
         return done
     keys: KeyStore = request.app.state.keys
     route = getattr(request.scope.get("route"), "path", request.url.path)
-    principal = keys.authenticate(request.headers.get("authorization"), request.headers.get("x-api-key"),
-                                  required=role, route=route, request_id=request.state.request_id)
+    address = client_address(request)
+    try:
+        principal = keys.authenticate(request.headers.get("authorization"), request.headers.get("x-api-key"),
+                                      required=role, route=route, request_id=request.state.request_id,
+                                      client=address)
+    except AuthError as e:
+        # Failed authentications have a budget per address, so a flood of bad keys is slowed
+        # down to 429s (which cost nothing further) instead of being answered one by one.
+        # A valid key is never refused by it: behind a proxy every client shares an address,
+        # and one client's bad key must not lock the others out.
+        failures: RateLimiter = request.app.state.auth_failure_limiter
+        if e.status == 401 and (wait := failures.acquire(address)) is not None:
+            request.state.key_id = e.failure.key_id
+            raise ApiError(429, f"too many failed authentications from this address (limit "
+                                f"{int(failures.capacity)} per minute); retry in {wait:.1f} s",
+                           code="auth_rate_limited", headers=retry_after(wait)) from None
+        raise
     request.state.key_id = principal.key_id
     limiter: RateLimiter = request.app.state.limiter
     caller = principal.key_hash or f"addr:{request.client.host if request.client else 'unknown'}"

@@ -7,6 +7,7 @@ client parses) plus ``request_id``. Status codes live only here:
 cause                                       status  code
 ==========================================  ======  ==========================
 body is not JSON / empty                     400    ``invalid_json``
+Host header not in ``api.allowed_hosts``     400    ``invalid_host``
 body too large (before parsing)              413    ``body_too_large``
 schema violation (pydantic)                  422    ``invalid_value``, ...
 ``InvalidInputError`` (bad query, date...)   422    ``invalid_input``
@@ -16,6 +17,8 @@ unknown request id (feedback)                404    ``unknown_request``
 no / invalid API key                         401    ``missing_api_key``, ``invalid_api_key``
 key without the role                         403    ``insufficient_role``
 rate limit / engine queue full               429    ``rate_limit_exceeded``, ``queue_full``
+too many failed authentications (address)    429    ``auth_rate_limited``
+client went away before the answer           499    ``client_closed_request`` (never sent)
 engine stopped (shutting down)               503    ``engine_stopped``
 circuit breaker open, no fallback possible   503    ``circuit_open``
 fault injected by an operator                503    ``injected_fault``
@@ -55,7 +58,36 @@ ENGINE_STOPPED_RETRY_S = 5
 
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
           404: "invalid_request_error", 405: "invalid_request_error", 413: "invalid_request_error",
-          422: "invalid_request_error", 429: "rate_limit_error", 503: "server_overloaded"}
+          422: "invalid_request_error", 429: "rate_limit_error", 499: "invalid_request_error",
+          503: "server_overloaded"}
+
+CLIENT_CLOSED = 499
+"""nginx's "client closed request": only ever in the access log and metrics, as nobody reads it."""
+
+
+def _doc(description: str) -> dict[str, Any]:
+    from twinloop.api.schemas import ErrorResponse
+
+    return {"model": ErrorResponse, "description": description}
+
+
+ERROR_RESPONSES: dict[int, dict[str, Any]] = {
+    400: _doc("Body is not a JSON object (`invalid_json`), or the Host is not served (`invalid_host`)."),
+    401: _doc("No API key (`missing_api_key`) or an unknown one (`invalid_api_key`)."),
+    403: _doc("The key's role may not call this route (`insufficient_role`)."),
+    404: _doc("The named resource does not exist (`model_not_found`, `unknown_request`, `unknown_job`, ...)."),
+    409: _doc("Conflicts with the current state (`adapter_in_use`, `training_in_progress`, `gate_failed`, ...)."),
+    422: _doc("A value is invalid; `param` names the field and the message the bad value."),
+    429: _doc("Over the key's rate limit (`rate_limit_exceeded`), too many failed authentications from "
+             "this address (`auth_rate_limited`) or the generation queue is full (`queue_full`); see Retry-After."),
+    503: _doc("Engine stopping (`engine_stopped`) or circuit breaker open (`circuit_open`); see Retry-After."),
+}
+"""The error responses of the OpenAPI schema, all in the API's error shape."""
+
+
+def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """``responses=`` for a route that can answer these error statuses."""
+    return {code: ERROR_RESPONSES[code] for code in codes}
 
 
 class ApiError(Exception):
@@ -157,15 +189,16 @@ def validation_error(exc: RequestValidationError) -> ApiError:
         return ApiError(400, "request body must be a JSON object sent with 'Content-Type: application/json'",
                         code="invalid_json")
     param = _param(loc)
+    msg = first["msg"].removeprefix("Value error, ")  # our own validators' messages read as sentences
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
     if first["type"] == "missing":
         message = f"missing field {param!r}"
     elif first["type"] == "extra_forbidden":
         message = f"unknown field {param!r}"
     elif not loc:
-        message = f"request body = {short_repr(first.get('input'))}: {first['msg']}"
+        message = f"request body = {short_repr(first.get('input'))}: {msg}"
     else:
-        message = f"{param} = {short_repr(first.get('input'))}: {first['msg']}"
+        message = f"{param} = {short_repr(first.get('input'))}: {msg}"
     return ApiError(422, message + more, code="invalid_value", param=param or None)
 
 

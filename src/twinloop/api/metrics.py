@@ -2,8 +2,9 @@
 
 Every app gets its own :class:`~prometheus_client.CollectorRegistry`, so tests and benchmarks
 can build several apps in one process without "duplicated timeseries" errors. Label values
-are bounded: routes are path templates (``/v1/lora/{name}``), never raw paths, and domains
-are configured names.
+are bounded: routes are path templates (``/v1/lora/{name}``), never raw paths (``unmatched``
+for every path no route knows), methods are the standard ones or ``other``, and domains are
+configured names.
 """
 
 from __future__ import annotations
@@ -108,6 +109,15 @@ class EngineObserver:
         m.tokens.inc(new_tokens)
         if seconds > 0 and new_tokens > 0:
             m.tokens_per_second.observe(new_tokens / seconds)
+
+
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+"""Methods that get their own label; any other (a client may send ``FOO``) is ``other``."""
+
+
+def method_label(method: str) -> str:
+    """The ``method`` label: bounded, so made-up methods cannot add a series each."""
+    return method if method in HTTP_METHODS else "other"
 
 
 def domain_label(domains: Iterable[str] | None) -> str:

@@ -22,15 +22,17 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from twinloop.api.auth import Principal
 from twinloop.api.deps import GuardedRoute, require, service
-from twinloop.api.errors import ApiError
+from twinloop.api.errors import ApiError, responses
 from twinloop.api.routes import check_max_tokens, label_request, record_id
-from twinloop.api.streaming import prefetch, sse, sse_response
+from twinloop.api.streaming import prefetch, sse, sse_response, unless_disconnected
+from twinloop.kernel.errors import InvalidInputError
 from twinloop.serving.pipeline import AnswerRequest
 from twinloop.serving.service import Service
+from twinloop.serving.types import check_text
 
 router = APIRouter(route_class=GuardedRoute, tags=["openai"])
 
@@ -48,7 +50,7 @@ class ChatMessage(_Lenient):
 
 
 class StreamOptions(_Lenient):
-    include_usage: bool = False
+    include_usage: StrictBool = False
 
 
 class ChatCompletionBody(_Lenient):
@@ -60,7 +62,7 @@ class ChatCompletionBody(_Lenient):
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     n: int = Field(default=1, ge=1, le=1, description="Only 1 is supported.")
-    stream: bool = False
+    stream: StrictBool = False
     stream_options: StreamOptions | None = None
     user: str | None = Field(default=None, max_length=200, description="Stored only as a salted hash.")
     as_of: str | None = Field(default=None, max_length=32,
@@ -104,6 +106,10 @@ def last_user_text(messages: list[ChatMessage]) -> str:
         if not text.strip():
             raise ApiError(422, f"messages[{i}].content is empty", code="invalid_value",
                            param=f"messages[{i}].content")
+        try:  # JSON can carry a lone surrogate ("\ud800"), the tokenizer cannot
+            check_text(text, f"messages[{i}].content")
+        except InvalidInputError as e:
+            raise ApiError(422, str(e), code="invalid_value", param=f"messages[{i}].content") from None
         return text
     raise ApiError(422, "messages holds no 'user' message to answer", code="invalid_value", param="messages")
 
@@ -123,7 +129,8 @@ def _usage(record: dict[str, Any]) -> dict[str, int]:
             "total_tokens": record["prompt_tokens"] + record["completion_tokens"]}
 
 
-@router.post("/v1/chat/completions", summary="OpenAI chat completions over the answer pipeline")
+@router.post("/v1/chat/completions", summary="OpenAI chat completions over the answer pipeline",
+             responses=responses(404, 503))
 async def chat_completions(body: ChatCompletionBody, request: Request, svc: Service = Depends(service),
                            _: Principal = Depends(require("reader"))) -> Any:
     domain = resolve_model(svc, body.model)
@@ -137,7 +144,7 @@ async def chat_completions(body: ChatCompletionBody, request: Request, svc: Serv
     chat_id = f"chatcmpl-{req.request_id}"
 
     if not body.stream:
-        record = (await svc.answer_async(req)).to_dict()
+        record = (await unless_disconnected(request, svc.answer_async(req))).to_dict()
         label_request(request, record["release_id"], record["domains"])
         metrics.observe_record(record)
         return {"id": chat_id, "object": "chat.completion", "created": created, "model": body.model,
@@ -196,7 +203,7 @@ def list_models(svc: Service = Depends(service), _: Principal = Depends(require(
     return {"object": "list", "data": [_model(m, created) for m in svc.models()]}
 
 
-@router.get("/v1/models/{model_id}", summary="One model id")
+@router.get("/v1/models/{model_id}", summary="One model id", responses=responses(404))
 def get_model(model_id: str, svc: Service = Depends(service),
               _: Principal = Depends(require("reader"))) -> dict[str, Any]:
     resolve_model(svc, model_id)

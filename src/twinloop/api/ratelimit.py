@@ -61,6 +61,17 @@ class RateLimiter:
                 return None
             return (1.0 - b.tokens) / self.rate
 
+    def wait(self, caller: str) -> float | None:
+        """Like :meth:`acquire` but takes nothing: None if a token is free now, else the
+        seconds until one is."""
+        now = self._clock()
+        with self._lock:
+            b = self._buckets.get(caller)
+            if b is None:
+                return None
+            tokens = min(self.capacity, b.tokens + (now - b.updated) * self.rate)
+            return None if tokens >= 1.0 else (1.0 - tokens) / self.rate
+
     def _prune(self, now: float) -> None:
         # A bucket that has refilled completely carries no state worth keeping.
         full_after = self.capacity / self.rate

@@ -16,7 +16,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from twinloop.api.auth import Principal
 from twinloop.api.deps import GuardedRoute, require, service
-from twinloop.api.errors import ApiError
+from twinloop.api.errors import ApiError, responses
 from twinloop.api.metrics import CONTENT_TYPE, domain_label
 from twinloop.api.schemas import (
     AnswerBody,
@@ -25,11 +25,9 @@ from twinloop.api.schemas import (
     GenerateBody,
     GenerateResult,
     IngestBody,
-    LoraBody,
     TrainBody,
 )
-from twinloop.api.streaming import prefetch, sse, sse_response
-from twinloop.kernel.errors import ModelLoadError
+from twinloop.api.streaming import prefetch, sse, sse_response, unless_disconnected
 from twinloop.knowledge.store import IngestReport
 from twinloop.learning.jobs import JobRunningError, TrainJobs, UnknownJobError
 from twinloop.serving.pipeline import AnswerRequest
@@ -65,7 +63,8 @@ def answer_request(body: AnswerBody, request: Request) -> AnswerRequest:
 
 
 @router.post("/v1/answer", tags=["answer"], summary="Answer a question with citations (JSON or SSE)",
-             responses={200: {"model": AnswerRecord, "description": "The answer contract (or SSE events)."}})
+             responses={200: {"model": AnswerRecord, "description": "The answer contract (or SSE events)."},
+                        **responses(503)})
 async def answer(body: AnswerBody, request: Request, svc: Service = Depends(service),
                  _: Principal = Depends(require("reader"))) -> Any:
     """Route, retrieve, decide, generate and assemble; returns the answer contract.
@@ -80,7 +79,7 @@ async def answer(body: AnswerBody, request: Request, svc: Service = Depends(serv
     req = answer_request(body, request)
     metrics = request.app.state.metrics
     if not body.stream:
-        record = await svc.answer_async(req)
+        record = await unless_disconnected(request, svc.answer_async(req))
         label_request(request, record.release_id, record.domains)
         metrics.observe_record(record)
         return record.to_dict()
@@ -112,7 +111,7 @@ def label_request(request: Request, release: str, domains: list[str] | None) -> 
 
 
 @router.post("/v1/generate", tags=["answer"], response_model=GenerateResult,
-             summary="Plain generation, no retrieval (JSON or SSE)")
+             summary="Plain generation, no retrieval (JSON or SSE)", responses=responses(503))
 async def generate(body: GenerateBody, request: Request, svc: Service = Depends(service),
                    _: Principal = Depends(require("reader"))) -> Any:
     """Generate from a prompt with the base model, or a domain's adapter with ``domain``.
@@ -143,7 +142,7 @@ async def generate(body: GenerateBody, request: Request, svc: Service = Depends(
         ).model_dump()
 
     if not body.stream:
-        return await finish(await pending.aresult())
+        return await finish(await unless_disconnected(request, pending.aresult()))
 
     deltas = pending.astream()
     head = await prefetch(deltas, 1)
@@ -163,7 +162,7 @@ async def generate(body: GenerateBody, request: Request, svc: Service = Depends(
 
 
 @router.post("/v1/feedback", tags=["learning"], status_code=201, response_model=FeedbackResult,
-             summary="Rate an answer (stored with the request it refers to)")
+             summary="Rate an answer (stored with the request it refers to)", responses=responses(404))
 def feedback(body: FeedbackBody, svc: Service = Depends(service),
              who: Principal = Depends(require("operator"))) -> Any:
     """Store feedback with a snapshot of the request it rates, then filter it into a training
@@ -199,36 +198,8 @@ def metrics(request: Request, _: Principal = Depends(require("reader"))) -> Resp
     return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE)
 
 
-@router.get("/v1/lora", tags=["adapters"], summary="Resident LoRA adapters")
-def lora_list(svc: Service = Depends(service), _: Principal = Depends(require("admin"))) -> dict[str, Any]:
-    return {"object": "list", "data": svc.list_adapters()}
-
-
-@router.post("/v1/lora", tags=["adapters"], summary="Load or reload an adapter from a folder on the server")
-def lora_load(body: LoraBody, svc: Service = Depends(service),
-              _: Principal = Depends(require("admin"))) -> dict[str, Any]:
-    """Load ``path`` (a PEFT adapter folder on the server) as ``name``; an adapter already
-    resident under that name is replaced only once the new weights have loaded."""
-    try:
-        svc.load_adapter(body.name, body.path)
-    except ModelLoadError as e:  # here a bad folder named by the caller, not a server fault
-        raise ApiError(422, str(e), code="invalid_adapter", param="path") from e
-    return {"name": body.name, "path": body.path, "loaded": True}
-
-
-@router.delete("/v1/lora/{name}", tags=["adapters"], summary="Unload an adapter")
-def lora_delete(name: str, svc: Service = Depends(service),
-                _: Principal = Depends(require("admin"))) -> dict[str, Any]:
-    """Unload once no admitted request holds it; 422 for an unknown name or one Active uses."""
-    try:
-        svc.remove_adapter(name)
-    except TimeoutError as e:  # still held by in-flight requests
-        raise ApiError(409, str(e), code="adapter_in_use", param="name") from e
-    return {"name": name, "deleted": True}
-
-
 @router.post("/v1/admin/train", tags=["learning"], status_code=202,
-             summary="Start a Shadow training job (asynchronous; poll its status)")
+             summary="Start a Shadow training job (asynchronous; poll its status)", responses=responses(409))
 def train_start(body: TrainBody, svc: Service = Depends(service),
                 _: Principal = Depends(require("admin"))) -> dict[str, Any]:
     """Spawn a worker that trains on the new samples and records a candidate release; Active is
@@ -244,7 +215,8 @@ def train_start(body: TrainBody, svc: Service = Depends(service),
     return {"job_id": jid, "status": "queued"}
 
 
-@router.get("/v1/admin/train/{job_id}", tags=["learning"], summary="A training job's status, progress and result")
+@router.get("/v1/admin/train/{job_id}", tags=["learning"], summary="A training job's status, progress and result",
+            responses=responses(404))
 def train_status(job_id: str, svc: Service = Depends(service),
                  _: Principal = Depends(require("admin"))) -> dict[str, Any]:
     """The job row (settings snapshot left out); 404 for an unknown id."""

@@ -2,18 +2,36 @@
 
 Unknown fields are refused (a typo such as ``max_token`` must not be silently ignored); the
 OpenAI-compatible bodies in ``openai_compat.py`` are lenient instead, as clients send fields
-we do not use.
+we do not use. Booleans are strict (``StrictBool``): ``{"dry_run": 0}`` or ``"yes"`` is a 422,
+never quietly read as a yes or a no, since some of them decide whether data is removed.
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
+
+from twinloop.kernel.errors import InvalidInputError
+from twinloop.serving.types import MAX_SEED, MAX_TEMPERATURE, check_sampling
 
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str
+
+
+class ErrorResponse(BaseModel):
+    """Every error response: OpenAI's shape plus the request id to quote."""
+
+    error: ErrorDetail
+    request_id: str | None = None
 
 
 class AnswerBody(_Body):
@@ -25,18 +43,28 @@ class AnswerBody(_Body):
     as_of: str | None = Field(default=None, max_length=32, description="ISO date: the law in force that day.")
     jurisdiction: str | None = Field(default=None, max_length=50)
     max_tokens: int | None = Field(default=None, ge=1)
-    stream: bool = Field(default=False, description="Server-sent events: meta, delta..., answer, [DONE].")
+    stream: StrictBool = Field(default=False, description="Server-sent events: meta, delta..., answer, [DONE].")
 
 
 class GenerateBody(_Body):
     prompt: str = Field(min_length=1)
     max_tokens: int | None = Field(default=None, ge=1)
-    temperature: float = Field(default=0.0, ge=0.0, le=2.0, description="0 = greedy.")
-    seed: int | None = None
+    temperature: float = Field(default=0.0, ge=0.0, le=MAX_TEMPERATURE,
+                               description="0 = greedy; else from 0.01 (smaller overflows the softmax).")
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED, description="Repeatable sampling (0 to 2**63-1).")
     session_id: str | None = Field(default=None, max_length=200)
     user_id: str | None = Field(default=None, max_length=200)
     domain: str | None = Field(default=None, max_length=64, description="Generate with this domain's adapter.")
-    stream: bool = False
+    stream: StrictBool = False
+
+    @field_validator("temperature")
+    @classmethod
+    def _sane_temperature(cls, v: float) -> float:
+        try:
+            check_sampling(v)  # the serving rule, so the API and the engine cannot disagree
+        except InvalidInputError as e:
+            raise ValueError(str(e).split(": ", 1)[-1]) from None
+        return v
 
 
 class GenerateResult(BaseModel):
@@ -72,18 +100,12 @@ class IngestBody(_Body):
 
 
 
-class LoraBody(_Body):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._@:+-]{0,127}$",
-                      description="Resident adapter name, e.g. law@rel_ab12.")
-    path: str = Field(min_length=1, max_length=4096, description="Folder of a PEFT adapter on the server.")
-
-
 class TrainBody(_Body):
     domains: list[str] | None = Field(default=None, max_length=64,
                                       description="Only these domains (default: every domain with new samples).")
     steps: int | None = Field(default=None, ge=1, le=1_000_000, description="Optimiser steps per domain.")
     lr: float | None = Field(default=None, gt=0.0, le=1.0, description="Peak learning rate.")
-    seed: int | None = Field(default=None, description="Seed (default training.seed).")
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED, description="Seed (default training.seed).")
 
 
 class QaBody(_Body):
@@ -101,7 +123,7 @@ class CanaryBody(_Body):
 
 class SwapBody(_Body):
     release: str | None = Field(default=None, max_length=64, description="Release to promote (default: Shadow).")
-    force: bool = Field(default=False, description="Skip the QA and canary gates (audited); never approvals.")
+    force: StrictBool = Field(default=False, description="Skip the QA and canary gates (audited); never approvals.")
     reason: str = Field(default="", max_length=500)
 
 
@@ -121,5 +143,5 @@ class FaultBody(_Body):
 
 
 class RetentionBody(_Body):
-    dry_run: bool = Field(default=True, description="Only report what would be removed.")
+    dry_run: StrictBool = Field(default=True, description="Only report what would be removed.")
 

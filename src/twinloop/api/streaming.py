@@ -9,14 +9,24 @@ OpenAI's shape (the ``openai`` client raises it as ``APIError``), then ``[DONE]`
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, TypeVar
 
+from fastapi import Request
 from fastapi.responses import StreamingResponse
 
-from twinloop.api.errors import error_body, internal_error, to_api_error
+from twinloop.api.errors import (
+    CLIENT_CLOSED,
+    ApiError,
+    error_body,
+    internal_error,
+    to_api_error,
+)
+
+T = TypeVar("T")
 
 log = logging.getLogger("twinloop.api")
 
@@ -63,3 +73,41 @@ def sse_response(body: AsyncIterator[bytes], request_id: str, metrics) -> Stream
     # no-cache and X-Accel-Buffering: proxies must pass events on as they come.
     return StreamingResponse(guarded(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """Await ``work`` (e.g. a generation's result), cancelling it if the client goes away.
+
+    A non-streaming response has no chunk to fail on, so nothing would notice a client that
+    hung up: its request would generate to ``max_tokens`` for nobody. This waits on the
+    connection as well; on ``http.disconnect`` it cancels ``work`` (``Pending.aresult``
+    cancels the engine request on cancellation, as a closed stream does) and answers 499.
+
+    Raises:
+        ApiError: 499 ``client_closed_request`` when the client went away first.
+    """
+    task = asyncio.ensure_future(work)
+
+    async def disconnected() -> None:
+        # The body has been read by now, so the next message is the disconnect (or the
+        # server's note that the response is complete, after which this is cancelled anyway).
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watcher = asyncio.ensure_future(disconnected())
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:  # this handler itself was cancelled: take the work down with it
+        task.cancel()
+        raise
+    finally:
+        watcher.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    try:
+        await task  # let the cancellation reach the engine before answering
+    except (asyncio.CancelledError, Exception):
+        pass
+    raise ApiError(CLIENT_CLOSED, "the client closed the connection before the answer was ready",
+                   code="client_closed_request")

@@ -235,14 +235,17 @@ def approve(
     note: Annotated[str, typer.Option(help="What you checked (audited).")] = "",
     json_out: JsonFlag = False,
 ) -> None:
-    """Record your approval of a release for domains whose policy requires one (e.g. law)."""
+    """Record your approval of a release for domains whose policy requires one (law and med need
+    two reviewers: a second person approves before anyone can swap it in)."""
     doc = _promoter().approve(release, actor=cli_actor(), note=note)
-    emit(doc, json_out, f"{release} approved by " + ", ".join(a["actor"] for a in doc["approvals"]))
+    count = f"{len(doc['approvals'])} of {doc['required']} required" if doc["required"] else "none required"
+    emit(doc, json_out, f"{release} approved by " + ", ".join(a["actor"] for a in doc["approvals"]) + f" ({count})")
 
 
 @app.command()
 def events(
-    verify: Annotated[bool, typer.Option("--verify", help="Recompute the hash chain; exit 1 if broken.")] = False,
+    verify: Annotated[bool, typer.Option("--verify", help="Check the hash chain, the MACs and the outside "
+                                         "checkpoint; exit 1 if anything was tampered with.")] = False,
     export: Annotated[Path | None, typer.Option(help="Write every event as JSON lines to this file ('-': stdout).")]
     = None,
     limit: Annotated[int, typer.Option(help="Events to list, newest first.")] = 30,
@@ -278,13 +281,23 @@ def events(
 
 
 def _print_verify(report) -> None:
+    # One finding per line (an unknown key and a missing tail are findings too), never wrapped
+    # or parsed as markup: operators grep and paste these (docs/DESIGN.md "State").
+    def line(text: str) -> None:
+        out.print(text, markup=False, highlight=False, soft_wrap=True)
+
+    for warning in report.warnings:
+        line(f"  warning: {warning}")
     if report.ok:
-        out.print(f"audit log intact: {report.events} events, chain verified")
+        cp = report.checkpoint
+        against = f", checkpoint at event {cp['seq']} of {cp['at'][:19]}" if cp else ""
+        line(f"audit log intact: {report.events} events, chain verified, MACs verified with key "
+             f"{report.key_fingerprint}{against}")
         return
-    out.print(f"[red]audit log TAMPERED[/red]: {len(report.problems)} problem(s), first at event "
-              f"{report.first_bad_seq}")
+    where = f"first at event {report.first_bad_seq}" if report.first_bad_seq is not None else "in the log as a whole"
+    out.print(f"[red]audit log TAMPERED[/red]: {len(report.problems)} problem(s), {where}", soft_wrap=True)
     for p in report.problems:
-        out.print(f"  - {p}")
+        line(f"  - {p}")
 
 
 @app.command()

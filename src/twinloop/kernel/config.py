@@ -381,6 +381,12 @@ class ApiConfig(_Section):
     """Largest request body (1 MiB): enough for a batch of documents, not for abuse."""
     max_query_chars: int = Field(default=4000, ge=1)
     """Longest question or prompt accepted."""
+    auth_failures_per_minute: int = Field(default=10, ge=1)
+    """Failed authentications (401) per client address per minute before it gets 429: a client
+    with a valid key needs none, a mistyped key a few; a flood or key guessing is slowed."""
+    allowed_hosts: list[str] | None = None
+    """Host header values served (``*.example.org`` matches subdomains, ``*`` any); others get
+    400, against DNS rebinding. None: the localhost names and ``host`` (the bind address)."""
 
 
 class Settings(BaseSettings):

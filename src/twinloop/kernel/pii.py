@@ -8,22 +8,45 @@ is a card, an IBAN or an ID.
 
 Patterns, in the order they run (a later one never sees an earlier one's placeholder digits):
 
-==============  =======================================================================
-``[EMAIL]``     local@domain.tld
-``[IBAN]``      2 letters, 2 check digits, 11–30 alphanumerics (spaces allowed); mod-97 = 1
-``[CARD]``      13–19 digits, optional single space/hyphen separators; Luhn-valid only
-``[SSN]``       US Social Security number, dashed ``AAA-GG-SSSS`` (area not 000/666/9xx,
-                group not 00, serial not 0000); undashed 9-digit runs are too ambiguous
-``[NATIONAL_ID]`` UK National Insurance number (``QQ 12 34 56 C``, HMRC prefix rules) and
-                Canadian SIN (``046 454 286``, 3-3-3 digits, Luhn-valid)
-``[PHONE]``     international (``+`` or ``00``, country code, 8–15 digits in all, E.164),
-                NANP (``(555) 123-4567``, ``555-123-4567``) and trunk-prefixed national
-                numbers (``030 1234567``, ``020 7946 0958``, ``0171/2345678``)
-==============  =======================================================================
+==========================  ==================================================================
+``[EMAIL]``                 local@domain.tld (Unicode letters allowed), then spelled-out forms
+                            (``jane [at] example [dot] org``, ``john dot smith at gmail dot com``)
+``[IP_ADDRESS]``            IPv6 (parsed by :mod:`ipaddress`) and IPv4 (octets ≤ 255, not after
+                            ``Section``/``Version``/``see``) — :mod:`twinloop.kernel.pii_identifiers`
+``[DATE_OF_BIRTH]``         a date behind a birth keyword (``born``, ``DOB``, ``geboren am``, ``né le``)
+``[SSN]``, ``[PASSPORT]``   values a keyword names (``SSN 536 90 4399``, ``passport no. X1234567``)
+``[IBAN]``                  2 letters, 2 check digits, 11–30 alphanumerics (spaces allowed); mod-97 = 1
+``[CARD]``                  13–19 digits, optional single space/hyphen separators; Luhn-valid only
+``[SSN]``                   US Social Security number, dashed ``AAA-GG-SSSS`` (area not 000/666/9xx,
+                            group not 00, serial not 0000); undashed 9-digit runs only after ``SSN``
+``[PHONE]``                 French pairs (``06 12 34 56 78``) and international (``+`` or ``00``, country
+                            code, 8–15 digits in all, E.164)
+``[NATIONAL_ID]``           UK National Insurance number (``QQ 12 34 56 C``, HMRC prefix rules) and
+                            Canadian SIN (``046 454 286``, 3-3-3 digits, Luhn-valid)
+``[PHONE]``                 NANP (``(555) 123-4567``, ``1-800-555-0199``) and trunk-prefixed national
+                            numbers (``030 1234567``, ``020 7946 0958``, ``089/12345-678``)
+``[ADDRESS]``               house number + street word, postcodes — :mod:`twinloop.kernel.pii_people`
+``[PERSON]``                names after a title, a self-introduction, a form label or a closing
+==========================  ==================================================================
 
 National phone numbers must start with the trunk prefix 0 or be NANP-shaped with separators,
-which is what keeps ``2016/679`` and ``1998`` out. When ``presidio_analyzer`` is importable
-it runs as well, after the patterns, and its entities become ``[<ENTITY_TYPE>]``.
+which is what keeps ``2016/679`` and ``1998`` out. Names, addresses and dates of birth are found
+by the words around them, not by a model; :mod:`twinloop.kernel.pii_people` says what that misses.
+``benchmarks/pii.py`` measures recall per category and the false-positive rate on ordinary
+legal/medical/financial questions (``packs/eval/pii_strings.jsonl``; ``docs/bench/pii.md``).
+
+Why our own patterns rather than Presidio's: ``presidio-analyzer`` installs offline from PyPI and
+its pattern recognizers do run without an NLP model (``recognizer.analyze(text, entities,
+nlp_artifacts=None)``), but (measured here, presidio-analyzer 2.2.366) the package pulls in spaCy
+and 18 other packages (~375 MB), its import takes ~6 s, its e-mail check (tldextract) tries to
+fetch the public-suffix list over the network, and the recognizers for the categories we were
+missing are unusable without the model: passport recognizers score 0.05 until NLP-based context
+enhancement lifts them, the date recognizer cannot tell a birth date from ``25 May 2018``,
+and there is no address or name recognizer apart from the spaCy/transformer NER ones. Its IP
+recognizer is a regex plus validation, which :mod:`ipaddress` gives us from the standard library.
+When ``presidio_analyzer`` *with* a working NLP engine is installed it still runs as well, after the
+patterns, and its entities become ``[<ENTITY_TYPE>]``; with ``use_presidio=None`` an engine that
+cannot be built (no spaCy model, no network to download one) is skipped rather than fatal.
 """
 
 from __future__ import annotations
@@ -31,13 +54,20 @@ from __future__ import annotations
 import importlib
 import re
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from twinloop.kernel.errors import ConfigError
+from twinloop.kernel.pii_identifiers import (
+    IDENTIFIER_RULES,
+    KEYWORD_RULES,
+    PHONE_RULES,
+    Rule,
+)
+from twinloop.kernel.pii_people import ADDRESS_RULES, DOB_RULES, PERSON_RULES
 
-PLACEHOLDERS = ("EMAIL", "IBAN", "CARD", "SSN", "NATIONAL_ID", "PHONE")
+PLACEHOLDERS = ("EMAIL", "IP_ADDRESS", "DATE_OF_BIRTH", "IBAN", "CARD", "SSN", "PASSPORT", "NATIONAL_ID", "PHONE",
+                "ADDRESS", "PERSON")
 
 
 def luhn_valid(digits: str) -> bool:
@@ -62,7 +92,9 @@ def iban_valid(iban: str) -> bool:
     return int("".join(str(int(c, 36)) for c in rearranged)) % 97 == 1
 
 
-_EMAIL = re.compile(r"(?<![\w.+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b")
+# Letters beyond ASCII on both sides: internationalised addresses (RFC 6531) such as
+# "info@müller-bäckerei.de" are ordinary in the German and French feedback.
+_EMAIL = re.compile(r"(?<![\w.+-])[\w.%+-]+@[^\W_][\w-]*(?:\.[\w-]+)*\.[^\W\d_]{2,}\b")
 # Groups of up to four after the check digits, as IBANs are printed; validated (and trimmed
 # from the right, see _iban) because a trailing capitalised word would otherwise be swallowed.
 _IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?:[ ]?[A-Z0-9]{1,4}){3,8}\b")
@@ -71,8 +103,11 @@ _SSN = re.compile(r"(?<![\d-])(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}(?
 _NINO = re.compile(r"\b(?!BG|GB|KN|NK|NT|TN|ZZ)[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z] ?\d{2} ?\d{2} ?\d{2} ?[A-D]\b")
 _SIN = re.compile(r"(?<![\d-])\d{3}[ -]\d{3}[ -]\d{3}(?![\d-])")
 _PHONE_INTL = re.compile(r"(?<![\w+])(?:\+|00)[1-9]\d{0,2}(?:[ .-]?\(?\d{1,5}\)?){1,6}(?![\d])")
-_PHONE_NANP = re.compile(r"(?<![\d-])(?<!\d[ .])(?:\(\d{3}\)\s?|\d{3}[.-])\d{3}[ .-]\d{4}(?![\d-])")
-_PHONE_NATIONAL = re.compile(r"(?<![\d/.-])(?<!\d )(?:\(0\d{2,4}\)|0\d{2,4})[ /.-]?\d{3,4}(?:[ .-]?\d{2,5})?(?![\d/])")
+# A leading country code 1 ("1-800-555-0199") is part of the number, not a reason to skip it.
+_PHONE_NANP = re.compile(r"(?<![\d-])(?<!\d[ .])(?:\+?1[ .-])?(?:\(\d{3}\)\s?|\d{3}[.-])\d{3}[ .-]\d{4}(?![\d-])")
+# An extension after a hyphen ("089/12345-678") belongs to the number.
+_PHONE_NATIONAL = re.compile(r"(?<![\d/.-])(?<!\d )(?:\(0\d{2,4}\)|0\d{2,4})[ /.-]?\d{3,4}(?:[ .-]?\d{2,5})?(?:-\d{1,5})?"
+                             r"(?![\d/])")
 
 
 def _digits(s: str) -> str:
@@ -121,17 +156,23 @@ def _restore(m: re.Match[str], kept: list[str]) -> str:
     return kept[i] if 0 <= i < len(kept) else m.group(0)  # a marker that was in the input
 
 
-Rule = tuple[str, re.Pattern[str], Callable[[re.Match[str]], str | None]]
 RULES: tuple[Rule, ...] = (
     ("EMAIL", _EMAIL, lambda m: "[EMAIL]"),
+    *IDENTIFIER_RULES,  # obfuscated e-mails, IPv6, IPv4: before any digit rule splits them
+    *DOB_RULES,
+    *KEYWORD_RULES,  # SSN/passport named by a keyword: "passport AB123456" is IBAN-shaped
     ("IBAN", _IBAN, _iban),  # an IBAN-shaped run failing mod-97 is kept whole, see redact()
     ("CARD", _CARD, _card),
     ("SSN", _SSN, lambda m: "[SSN]"),
+    *PHONE_RULES,  # French numbers in pairs, before the SIN can take "06 12 34 56 78" apart
+    # International numbers before the SIN: "+34 612 345 678" is 3-3-3 digits and Luhn-valid.
+    ("PHONE", _PHONE_INTL, _phone_intl),
     ("NATIONAL_ID", _NINO, lambda m: "[NATIONAL_ID]"),
     ("NATIONAL_ID", _SIN, _sin),
-    ("PHONE", _PHONE_INTL, _phone_intl),
     ("PHONE", _PHONE_NANP, lambda m: "[PHONE]"),
     ("PHONE", _PHONE_NATIONAL, _phone_national),
+    *ADDRESS_RULES,
+    *PERSON_RULES,
 )
 """(placeholder, pattern, replacement or None to keep the match), applied in order."""
 
@@ -167,7 +208,12 @@ class PiiRedactor:
                     raise ConfigError("use_presidio=True but presidio_analyzer is not installed "
                                       "(pip install presidio-analyzer)") from e
             else:
-                self._analyzer = presidio.AnalyzerEngine()
+                try:
+                    self._analyzer = presidio.AnalyzerEngine()
+                except Exception as e:  # no spaCy model and no network: AnalyzerEngine downloads one
+                    if use_presidio:
+                        raise ConfigError(f"use_presidio=True but Presidio's AnalyzerEngine failed: {e!r} "
+                                          "(install a spaCy model, e.g. en_core_web_lg)") from e
 
     @property
     def uses_presidio(self) -> bool:

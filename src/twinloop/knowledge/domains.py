@@ -15,7 +15,14 @@ from importlib import resources
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from twinloop.kernel.clock import now_iso
 from twinloop.kernel.db import Database
@@ -60,8 +67,19 @@ class DomainSpec(BaseModel):
     """"No source, no claim": answers must cite retrieved passages (DESIGN.md "Serving")."""
     approval_required: bool = False
     """A human approves before a release changing this domain is promoted."""
+    approvals_required: int = Field(default=1, ge=1, le=10)
+    """How many distinct reviewers (API keys, CLI users) must approve, with ``approval_required``:
+    2 is the two-person rule, so one admin key cannot both approve and promote a release."""
     corpus: str | None = None
     """File name of the pack's seed corpus (gzip JSONL of documents), if any."""
+
+
+    @model_validator(mode="after")
+    def _approvals_need_the_policy(self) -> DomainSpec:
+        if self.approvals_required > 1 and not self.approval_required:
+            # Counting reviewers of a domain that needs none would silently do nothing.
+            raise ValueError(f"approvals_required = {self.approvals_required} needs approval_required: true")
+        return self
 
 
 def _parse_spec(data: Any, where: str) -> DomainSpec:

@@ -29,7 +29,7 @@ from twinloop.kernel.crashpoints import crash_point
 from twinloop.kernel.db import Database
 from twinloop.kernel.errors import InvalidInputError, UnknownRequestError
 from twinloop.kernel.pii import PiiRedactor
-from twinloop.learning.filters import FilterPipeline, default_stages
+from twinloop.learning.filters import FilterPipeline, feedback_stages
 from twinloop.learning.intake import FeedbackIntake, IntakeReport, samples_from_feedback
 
 log = logging.getLogger(__name__)
@@ -105,8 +105,7 @@ class FeedbackDesk:
         self.events = events
         self.redactor = redactor or PiiRedactor()
         if intake is None:
-            stages = [s for s in default_stages() if s.name != "pii"]
-            intake = FeedbackIntake(db, domains, pipeline=FilterPipeline(stages))
+            intake = FeedbackIntake(db, domains, pipeline=FilterPipeline(feedback_stages()))
         self.intake = intake
         _ensure_schema(db)
 

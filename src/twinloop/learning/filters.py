@@ -7,9 +7,11 @@ the context or another stage. :class:`FilterPipeline` runs the stages in order a
 thing that records what a batch has accepted so far.
 
 Default order (:func:`default_stages`): schema → PII redaction → dedup → injection/poison →
-toxicity. The paper lists dedup before PII; we redact first so the stored SHA-256 is the hash of
-the stored (redacted) text — no hash of personal data is kept, the column can be re-verified
-from the row, and two samples differing only in an email address are one sample.
+toxicity → contradiction. The paper lists dedup before PII; we redact first so the stored
+SHA-256 is the hash of the stored (redacted) text — no hash of personal data is kept, the column
+can be re-verified from the row, and two samples differing only in an email address are one
+sample. The contradiction stage runs last because it is the only one that retrieves: a sample
+the cheap stages reject never costs a search.
 """
 
 from __future__ import annotations
@@ -18,9 +20,9 @@ import dataclasses
 import json
 import math
 import re
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from twinloop.kernel.errors import ConfigError
 from twinloop.kernel.pii import PiiRedactor
@@ -30,6 +32,12 @@ from twinloop.kernel.toxicity import (  # noqa: F401  (part of the filter API)
     ToxicityScorer,
     WordList,
 )
+from twinloop.learning.contradiction import (
+    SourcePassage,
+    as_passage,
+    find_contradiction,
+)
+from twinloop.learning.injection import InjectionRule, find_injection, load_rules
 from twinloop.learning.sample import SOURCES, Sample
 
 DEFAULT_MAX_PROMPT_CHARS = 8000
@@ -45,22 +53,28 @@ class Rejection:
     Attributes:
         sample: The sample as the rejecting stage saw it (redacted if PII ran before it).
         stage: The stage's ``name`` ("schema", "dedup", "injection", "toxicity", ...).
-        reason: A short machine-readable code ("duplicate", "unknown_domain", the rule name).
+        reason: A short machine-readable code ("duplicate", "unknown_domain", the rule name);
+            the contradiction stage's is "contradicts indexed source <uri>".
         detail: One human-readable line naming the bad value.
+        review: The sample may be right (a correction disagreeing with an indexed source that
+            may itself be outdated): a person should look at it, not only an auditor.
     """
 
     sample: Sample
     stage: str
     reason: str
     detail: str = ""
+    review: bool = False
 
 
 @dataclass(frozen=True)
 class FilterResult:
-    """Exactly one of ``sample`` (passed, maybe redacted) or ``rejection``."""
+    """Exactly one of ``sample`` (passed, maybe redacted) or ``rejection``; ``note`` says
+    what a stage could not check (e.g. no index to compare a correction with)."""
 
     sample: Sample | None = None
     rejection: Rejection | None = None
+    note: str = ""
 
     def __post_init__(self) -> None:
         assert (self.sample is None) != (self.rejection is None), "exactly one of sample/rejection"
@@ -95,8 +109,8 @@ class FilterStage(Protocol):
     def apply(self, sample: Sample, ctx: FilterContext) -> FilterResult: ...
 
 
-def _reject(sample: Sample, stage: str, reason: str, detail: str) -> FilterResult:
-    return FilterResult(rejection=Rejection(sample, stage, reason, detail))
+def _reject(sample: Sample, stage: str, reason: str, detail: str, review: bool = False) -> FilterResult:
+    return FilterResult(rejection=Rejection(sample, stage, reason, detail, review))
 
 
 class SchemaFilter:
@@ -200,49 +214,9 @@ class DedupFilter:
         return FilterResult(sample=sample)
 
 
-_I = re.IGNORECASE
-INJECTION_RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
-    # Instruction override. The qualifier is required: "courts may not ignore the rules" is law.
-    ("ignore_instructions", re.compile(
-        r"\b(?:ignore|disregard|forget|override|bypass)\s+(?:(?:all|any|the|of|your|these|my)\s+)*"
-        r"(?:previous|prior|above|earlier|preceding|system|original|safety|initial)\s+"
-        r"(?:instructions?|prompts?|rules|guidelines|directions|directives|context)\b"
-        r"|\b(?:ignore|disregard|forget)\s+(?:all|everything)\s+(?:you\s+were\s+told|above|before)\b", _I)),
-    # Role hijack. Bare "you are now" is everyday prose ("you are now entitled to a refund"),
-    # so it needs a persona or a freed state after it.
-    ("role_override", re.compile(
-        r"\byou\s+are\s+now\s+(?:an?\s+|in\s+)?(?:dan|jailbroken|unrestricted|unfiltered|uncensored|evil|"
-        r"developer\s+mode|god\s+mode|no\s+longer\s+(?:bound|restricted|an?\s+(?:ai|assistant)))"
-        r"|\bfrom\s+now\s+on,?\s+you\s+(?:are|will|must)\s+(?:an?\s+)?(?:dan|answer\s+without|ignore|"
-        r"not\s+follow|act\s+as)"
-        r"|\b(?:pretend|imagine)\s+(?:that\s+)?you\s+(?:are|have)\s+(?:no|without)\s+"
-        r"(?:restrictions|rules|guidelines|filters|limits)"
-        r"|\b(?:dan|developer|jailbreak)\s+mode\b|\bjailbreak(?:ing)?\s+(?:prompt|the\s+(?:model|ai|assistant))", _I)),
-    ("system_prompt_exfiltration", re.compile(
-        r"\b(?:reveal|print|show|repeat|output|display|leak|dump|recite|tell\s+me)\b[^.\n]{0,40}?"
-        r"\b(?:system|hidden|initial|original|secret)\s+(?:prompt|instructions?|message)"
-        r"|\bwhat\s+(?:is|are|were)\s+your\s+(?:system\s+|initial\s+|original\s+)?(?:prompt|instructions)\b", _I)),
-    # Chat-template control tokens (ChatML, Llama 2/3, generic) let a sample forge turns.
-    ("chat_template_token", re.compile(
-        r"<\|(?:im_start|im_end|system|user|assistant|endoftext|eot_id|start_header_id|end_header_id|"
-        r"begin_of_text|end_of_text|eom_id|pad)\|>|\[/?INST\]|<<\/?SYS>>|</s>")),
-    # Text a reviewer would not see: zero-width and bidi controls, Unicode tag characters
-    # (ASCII smuggling), HTML comments, CSS-hidden spans.
-    ("hidden_instructions", re.compile(
-        "[\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff\U000e0000-\U000e007f]"
-        r"|<!--.*?-->|style\s*=\s*[\"'][^\"']*(?:display\s*:\s*none|font-size\s*:\s*0|visibility\s*:\s*hidden)",
-        re.IGNORECASE | re.DOTALL)),
-    ("executable_url", re.compile(
-        r"\b(?:https?|ftp)://[^\s\"'<>]+?\.(?:exe|msi|bat|cmd|scr|ps1|vbs|jar|apk|dll|sh|bin|dmg|pkg|deb|rpm|"
-        r"hta|lnk|iso|elf|com)(?=$|[?#\s\"'<>)\],;])", _I)),
-    ("malware_keyword", re.compile(
-        r"\b(?:meterpreter|mimikatz|msfvenom|cobalt\s*strike\s+beacon|reverse\s+shell|bind\s+shell|"
-        r"keylogger\s+(?:code|script|payload)|eicar-standard-antivirus-test-file)\b"
-        r"|\b(?:curl|wget)\s[^|\n]{1,300}\|\s*(?:sudo\s+)?(?:ba|z)?sh\b|\brm\s+-rf\s+/(?:\s|$|\*)"
-        r"|\bpowershell(?:\.exe)?\s+(?:-\w+\s+)*-(?:e|enc|encodedcommand)\s|\bnc(?:at)?\s+-e\s"
-        r"|\beval\s*\(\s*(?:base64_decode|atob|gzinflate)|/bin/(?:ba)?sh\s+-i\b|;\s*drop\s+table\b", _I)),
-)
-"""(rule name, pattern) for prompt-injection and poisoning (paper §4.6 step 4)."""
+INJECTION_RULES: tuple[InjectionRule, ...] = load_rules()
+"""The shipped prompt-injection and poisoning rules (paper §4.6 step 4), read from
+``twinloop/packs/injection_rules.yaml``; matched after normalising (learning/injection.py)."""
 
 _BASE64 = re.compile(r"(?<![A-Za-z0-9+/=])[A-Za-z0-9+/]{64,}={0,2}(?![A-Za-z0-9+/=])")
 
@@ -257,27 +231,48 @@ def _base64_blob(text: str) -> bool:
     return False
 
 
+def _as_rule(rule: InjectionRule | tuple[str, re.Pattern[str]]) -> InjectionRule:
+    if isinstance(rule, InjectionRule):
+        return rule
+    name, pattern = rule
+    return InjectionRule(name, "raw", (pattern,))
+
+
 class InjectionFilter:
     """Rejects prompt-injection and poisoning patterns; the reason is the matched rule's name.
 
+    Each text is matched as written and normalised — homoglyphs, leetspeak, spacing, invisible
+    characters, base64 / rot13 / URL-encoding undone (learning/injection.py) — in the languages
+    the rules cover (EN, DE, FR, ES, IT, NL).
+
     Args:
-        rules: ``(name, pattern)`` pairs (default :data:`INJECTION_RULES`); ``base64_blob`` is
-            checked in addition unless ``check_base64=False``.
+        rules: :class:`~twinloop.learning.injection.InjectionRule` s, or a path to a rules file
+            (default: the shipped ``packs/injection_rules.yaml``); bare ``(name, pattern)``
+            pairs are matched against the raw text. ``base64_blob`` is checked in addition
+            unless ``check_base64=False``.
+
+    Raises:
+        ConfigError: An unreadable or malformed rules file.
     """
 
     name = "injection"
 
-    def __init__(self, rules: Iterable[tuple[str, re.Pattern[str]]] = INJECTION_RULES, *,
+    def __init__(self, rules: Iterable[InjectionRule | tuple[str, re.Pattern[str]]] | str | None = None, *,
                  check_base64: bool = True) -> None:
-        self.rules = tuple(rules)
+        if rules is None or isinstance(rules, str):
+            self.rules = load_rules(rules)
+        else:
+            self.rules = tuple(_as_rule(r) for r in rules)
         self.check_base64 = check_base64
 
     def apply(self, sample: Sample, ctx: FilterContext) -> FilterResult:
         for attr in ("prompt", "target"):
             text = getattr(sample, attr)
-            for rule, pattern in self.rules:
-                if pattern.search(text):
-                    return _reject(sample, self.name, rule, f"{attr} matches injection rule {rule!r}")
+            found = find_injection(text, self.rules)
+            if found is not None:
+                rule, how = found
+                seen = "" if how == "as written" else f" ({how})"
+                return _reject(sample, self.name, rule, f"{attr} matches injection rule {rule!r}{seen}")
             if self.check_base64 and _base64_blob(text):
                 return _reject(sample, self.name, "base64_blob", f"{attr} holds a base64 blob")
         return FilterResult(sample=sample)
@@ -285,30 +280,116 @@ class InjectionFilter:
 
 class ToxicityFilter(ToxicityScorer):
     """Rejects toxic samples (paper §4.6 step 5): the worse of prompt and target is scored by
-    the kernel's :class:`~twinloop.kernel.toxicity.ToxicityScorer` (same arguments)."""
+    the kernel's :class:`~twinloop.kernel.toxicity.ToxicityScorer` (same arguments).
+
+    A target matching a directive pattern of the word list — a hateful generalisation, a
+    dangerous medical instruction — is rejected with that category as the reason: training on
+    it would teach the model to say it. Only the target is checked for those; a user may ask
+    "should I double the dose?" and the prompt is not what the model learns to say.
+    """
 
     name = "toxicity"
 
     def apply(self, sample: Sample, ctx: FilterContext) -> FilterResult:
-        score = max(self.score(sample.prompt), self.score(sample.target))
+        found = self.categories(sample.target)
+        if found:
+            return _reject(sample, self.name, found[0], f"target reads as a {found[0].replace('_', ' ')}")
+        score = max(self.score(sample.prompt) if not self.categories(sample.prompt) else 0.0,
+                    self.score(sample.target))
         if score > self.threshold:
             return _reject(sample, self.name, "toxic", f"toxicity {score:.2f} above threshold {self.threshold:.2f}")
         return FilterResult(sample=sample)
 
 
+Retrieve = Callable[[str, str], Sequence[Any] | None]
+"""``(domain, question) -> passages`` of the domain's index, best first: each a
+:class:`~twinloop.learning.contradiction.SourcePassage`, a mapping with ``text`` and ``uri``,
+or a retrieval hit (``text``, ``citation["uri"]``). None or an exception: no index."""
+
+
+class ContradictionFilter:
+    """Sends a correction that contradicts the domain's indexed sources to review.
+
+    For a sample from ``sources`` (corrections) in a domain whose policy requires citations,
+    the passages retrieved for its question are compared with it
+    (:func:`~twinloop.learning.contradiction.find_contradiction`: other numbers, durations or
+    dates for the same kind of quantity; "was repealed" of a law in force). A hit is rejected
+    with reason ``contradicts indexed source <uri>`` and ``review=True``: it lands in the
+    quarantine marked for review, never silently dropped. Without retrieval (no index, or the
+    search failed) the sample passes and the result's ``note`` says it was not checked.
+
+    The retrieval is injected (the learning loop must not import serving, docs/DESIGN.md
+    "Map"): the composition root passes a callable over the knowledge index.
+
+    Args:
+        retrieve: See :data:`Retrieve`; None: nothing to compare with.
+        cited: Domains whose corrections are checked: names, or ``domain -> bool`` (the
+            registry's ``citations_required``, read per sample so a changed policy counts);
+            None: every domain.
+        sources: Sample sources checked (default: corrections only — a rated answer came from
+            the model, which quoted the index).
+    """
+
+    name = "contradiction"
+
+    def __init__(self, retrieve: Retrieve | None = None, *,
+                 cited: Collection[str] | Callable[[str], bool] | None = None,
+                 sources: Collection[str] = ("correction",)) -> None:
+        if retrieve is not None and not callable(retrieve):
+            raise ConfigError(f"retrieve = {retrieve!r}: must be a callable (domain, question) -> passages")
+        self.retrieve = retrieve
+        if cited is None or callable(cited):
+            self.cited = cited
+        else:
+            names = frozenset(cited)
+            self.cited = names.__contains__
+        self.sources = frozenset(sources)
+
+    def apply(self, sample: Sample, ctx: FilterContext) -> FilterResult:
+        if sample.source not in self.sources or (self.cited is not None and not self.cited(sample.domain)):
+            return FilterResult(sample=sample)
+        if self.retrieve is None:
+            return FilterResult(sample=sample, note="contradiction not checked: no retrieval available")
+        try:
+            found = self.retrieve(sample.domain, sample.prompt)
+        except Exception as e:  # noqa: BLE001 — no index (or a broken one) must not stop intake; the note says so
+            return FilterResult(sample=sample, note=f"contradiction not checked: retrieval failed ({type(e).__name__}: {e})")
+        if found is None:
+            return FilterResult(sample=sample, note="contradiction not checked: no retrieval available")
+        passages: list[SourcePassage] = [as_passage(p) for p in found]
+        if not passages:
+            return FilterResult(sample=sample, note=f"contradiction not checked: no indexed passage in {sample.domain!r}")
+        hit = find_contradiction(sample.prompt, sample.target, passages)
+        if hit is None:
+            return FilterResult(sample=sample)
+        uri = hit.passage.uri or "(passage without uri)"
+        return _reject(sample, self.name, f"contradicts indexed source {uri}", hit.detail, review=True)
+
+
 def default_stages(domains: Collection[str] | None = None, *, redactor: PiiRedactor | None = None,
-                   toxicity: ToxicityFilter | None = None) -> list[FilterStage]:
-    """Schema → PII → dedup → injection → toxicity (order explained in the module docstring)."""
+                   toxicity: ToxicityFilter | None = None, retrieve: Retrieve | None = None,
+                   cited: Collection[str] | Callable[[str], bool] | None = None) -> list[FilterStage]:
+    """Schema → PII → dedup → injection → toxicity → contradiction (order explained in the
+    module docstring); ``retrieve`` and ``cited`` go to :class:`ContradictionFilter`."""
     return [SchemaFilter(domains), PiiFilter(redactor), DedupFilter(), InjectionFilter(),
-            toxicity or ToxicityFilter()]
+            toxicity or ToxicityFilter(), ContradictionFilter(retrieve, cited=cited)]
+
+
+def feedback_stages(*, retrieve: Retrieve | None = None,
+                    cited: Collection[str] | Callable[[str], bool] | None = None) -> list[FilterStage]:
+    """:func:`default_stages` without PII: feedback text is redacted once, when it is stored
+    (docs/DESIGN.md "Follow one feedback item")."""
+    return [s for s in default_stages(retrieve=retrieve, cited=cited) if s.name != "pii"]
 
 
 @dataclass(frozen=True)
 class PipelineResult:
-    """What a batch came to: accepted (redacted) samples and rejections, in input order."""
+    """What a batch came to: accepted (redacted) samples and rejections, in input order, and
+    the distinct notes of checks the stages could not make (``"stage: note"``)."""
 
     accepted: tuple[Sample, ...] = ()
     rejected: tuple[Rejection, ...] = ()
+    notes: tuple[str, ...] = ()
 
 
 @dataclass
@@ -338,11 +419,14 @@ class FilterPipeline:
         batch: set[tuple[str, str]] = set()
         accepted: list[Sample] = []
         rejected: list[Rejection] = []
+        notes: dict[str, None] = {}
         base = FilterContext(domains=frozenset(domains), seen=seen or FilterContext.seen)
         for sample in samples:
             ctx = dataclasses.replace(base, batch=frozenset(batch))
             for stage in self.stages:
                 result = stage.apply(sample, ctx)
+                if result.note:
+                    notes[f"{stage.name}: {result.note}"] = None
                 if result.rejection is not None:
                     rejected.append(result.rejection)
                     break
@@ -351,4 +435,4 @@ class FilterPipeline:
             else:
                 accepted.append(sample)
                 batch.add((sample.domain, sample.sha256()))
-        return PipelineResult(tuple(accepted), tuple(rejected))
+        return PipelineResult(tuple(accepted), tuple(rejected), tuple(notes))

@@ -3,7 +3,8 @@
 The row is the only channel between whoever started a run (CLI, API) and the worker: the
 starter polls it, the worker writes its status and progress. A worker killed with SIGKILL
 cannot write "failed", so :meth:`TrainJobs.reap_stale` does it for any queued or running job
-whose process is gone — the next run starts clean.
+whose process is gone — the next run starts clean — with the ``training.failed`` audit event
+the worker would have written (docs/DESIGN.md "State": every failed run is on the record).
 """
 
 from __future__ import annotations
@@ -143,17 +144,31 @@ class TrainJobs:
         return [_decode(r) for r in rows]
 
     def reap_stale(self) -> list[str]:
-        """Mark failed every queued or running job whose worker process is gone; returns their ids.
+        """Mark failed every queued or running job whose worker process is gone, each with its
+        ``training.failed`` audit event in the same transaction; returns their ids.
 
         A queued job without a pid yet is left alone: its starter is between insert and spawn.
+        Two processes reaping at once write one failure and one event: the update only
+        matches a job that is still live.
         """
+        from twinloop.release.events import EventStore
+
         reaped = []
+        events: EventStore | None = None
         for job in self.live():
             if job["pid"] is None or pid_alive(job["pid"]):
                 continue
-            if self._update(job["id"], "status='failed', error=?",
-                            (f"worker process {job['pid']} died ({job['status']}); reaped",)):
-                reaped.append(job["id"])
+            events = events or EventStore(self.db)
+            reason = f"worker process {job['pid']} died ({job['status']}); reaped"
+            with self.db.transaction() as conn:
+                cur = conn.execute("UPDATE train_jobs SET status='failed', error=?, updated_at=? "
+                                   "WHERE id=? AND status IN ('queued','running')",
+                                   (reason, now_iso(), job["id"]))
+                if cur.rowcount != 1:
+                    continue
+                events.append("training.failed", actor="system:reaper", subject=job["id"], reason=reason, conn=conn,
+                              data={"pid": job["pid"], "status": job["status"], "domains": job["domains"]})
+            reaped.append(job["id"])
         return reaped
 
 

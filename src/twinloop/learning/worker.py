@@ -82,7 +82,13 @@ def start_training_job(settings, db: Database, known_domains: Collection[str], *
                 start_new_session=True,  # a Ctrl-C in the starter's terminal does not reach it
             )
     except OSError as e:
-        jobs.fail(jid, f"could not start the worker: {e}")
+        reason = f"could not start the worker: {e}"
+        jobs.fail(jid, reason)
+        # No worker will write its failure: the starter records it (as the reaper does).
+        from twinloop.release.events import EventStore
+
+        EventStore(db).append("training.failed", actor="system:shadow", subject=jid, reason=reason[:300],
+                              data={"domains": domains})
         raise TwinLoopError(f"could not start the training worker: {e}") from e
     jobs.set_pid(jid, proc.pid)
     # Reap the child when it exits, so a long-lived starter (the API server) keeps no zombies.

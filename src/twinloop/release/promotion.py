@@ -77,17 +77,50 @@ def changed_domains(registry: ReleaseRegistry, rel: Release, against: str | None
     return sorted(d for d in set(rel.adapters) | set(base) if rel.adapters.get(d) != base.get(d))
 
 
-def approvals_needed(registry: ReleaseRegistry, domains, rel: Release, against: str | None) -> list[str]:
-    """Domains of ``rel`` whose policy requires a human approval it does not have yet: a domain needs one when its adapter changes and its pack says
-    ``approval_required`` (law by default: a regulator-facing answer needs a named reviewer)."""
-    if registry.approvals(rel.id):
-        return []
+def approvals_required(registry: ReleaseRegistry, domains, rel: Release, against: str | None) -> dict[str, int]:
+    """Domain → approvals by distinct reviewers its policy requires before ``rel`` replaces
+    ``against``: a domain needs them when its adapter changes and its pack says
+    ``approval_required`` (law and med: a regulator-facing answer needs named reviewers),
+    as many as its ``approvals_required`` (two in law and med: one admin key cannot both
+    approve and promote; docs/DESIGN.md "Releasing")."""
     policy = domains.all()
-    return [d for d in changed_domains(registry, rel, against) if d in policy and policy[d].approval_required]
+    return {d: policy[d].approvals_required for d in changed_domains(registry, rel, against)
+            if d in policy and policy[d].approval_required}
 
 
-def gate_problems(registry: ReleaseRegistry, domains, rid: str, release_cfg) -> list[str]:
-    """Everything that stops ``rid`` from being promoted over the current Active."""
+def approvals_needed(registry: ReleaseRegistry, domains, rel: Release, against: str | None) -> list[str]:
+    """Domains of ``rel`` whose required approvals (:func:`approvals_required`) are not all in:
+    each approval counts once per distinct actor (an API key id, a CLI user)."""
+    approvers = {a["actor"] for a in registry.approvals(rel.id)}
+    return sorted(d for d, n in approvals_required(registry, domains, rel, against).items() if len(approvers) < n)
+
+
+def approval_problems(registry: ReleaseRegistry, domains, rel: Release, against: str | None,
+                      actor: str | None = None) -> list[str]:
+    """Why ``rel`` lacks the approvals its domains require, naming who approved so far; with
+    ``actor`` (who asks for the swap), also when that actor is the only approver of a
+    release whose domains require more than one. Every message contains "approval", which
+    ``force`` never skips."""
+    required = approvals_required(registry, domains, rel, against)
+    if not required:
+        return []
+    need = max(required.values())
+    approvers = sorted({a["actor"] for a in registry.approvals(rel.id)})
+    short = sorted(d for d, n in required.items() if len(approvers) < n)
+    problems = []
+    if short:
+        had = f" ({', '.join(approvers)})" if approvers else ""
+        problems.append(f"domain(s) {', '.join(short)} require a human approval by {need} distinct reviewer(s); "
+                        f"it has {len(approvers)}{had} (twinloop approve {rel.id})")
+    if need >= 2 and actor is not None and approvers == [actor]:
+        problems.append(f"{actor} is its only approval, and asks for the swap: "
+                        f"a second reviewer must approve (two-person rule)")
+    return problems
+
+
+def gate_problems(registry: ReleaseRegistry, domains, rid: str, release_cfg, actor: str | None = None) -> list[str]:
+    """Everything that stops ``rid`` from being promoted over the current Active (by ``actor``,
+    when known: see :func:`approval_problems`)."""
     rel = registry.get(rid)
     check_servable(registry, rid)
     active = registry.pointer("active")
@@ -109,9 +142,7 @@ def gate_problems(registry: ReleaseRegistry, domains, rid: str, release_cfg) -> 
             problems.append("no canary yet (twinloop canary start)")
         elif not canary["passed"]:
             problems.append("its canary did not pass: " + "; ".join(canary["report"].get("reasons", [])[:3]))
-    need = approvals_needed(registry, domains, rel, active)
-    if need:
-        problems.append(f"domain(s) {', '.join(need)} require a human approval (twinloop approve {rid})")
+    problems.extend(approval_problems(registry, domains, rel, active, actor))
     return problems
 
 
@@ -127,7 +158,7 @@ def commit_swap(registry: ReleaseRegistry, domains, rid: str, release_cfg, *, ac
         GateError: A gate has not passed (the message lists each).
         InvalidInputError: Unknown release.
     """
-    problems = gate_problems(registry, domains, rid, release_cfg)
+    problems = gate_problems(registry, domains, rid, release_cfg, actor)
     skipped: list[str] = []
     if force:
         skipped = [p for p in problems if not _hard(p)]
@@ -317,7 +348,7 @@ class Promoter:
         t0 = time.perf_counter()
         # Gates first (cheap, and the message an operator needs), then the load check, then
         # the commit re-checks the gates inside its own read.
-        problems = gate_problems(self.registry, self.domains, rid, self.release_cfg)
+        problems = gate_problems(self.registry, self.domains, rid, self.release_cfg, actor)
         if force:
             problems = [p for p in problems if _hard(p)]
         if problems:
@@ -387,13 +418,22 @@ class Promoter:
         return out
 
     def approve(self, rid: str, *, actor: str, note: str = "") -> dict[str, Any]:
-        """Record ``actor``'s approval of ``rid`` (audited); returns every approval it has.
+        """Record ``actor``'s approval of ``rid`` (audited; a second one by the same actor
+        changes nothing); returns every approval it has, how many its domains require against
+        the current Active, and whether that many are in.
 
         Raises:
-            InvalidInputError: Unknown release.
+            InvalidInputError: Unknown release, or no actor.
         """
+        if not actor or not actor.strip():
+            raise InvalidInputError(f"actor = {actor!r}: an approval must name its reviewer")
         self.registry.approve(rid, actor, note)
-        return {"release": rid, "approvals": self.registry.approvals(rid)}
+        rel = self.registry.get(rid)
+        need = max(approvals_required(self.registry, self.domains, rel, self.registry.pointer("active")).values(),
+                   default=0)
+        approvals = self.registry.approvals(rid)
+        return {"release": rid, "approvals": approvals, "required": need,
+                "complete": len({a["actor"] for a in approvals}) >= need}
 
 
 def _hard(problem: str) -> bool:

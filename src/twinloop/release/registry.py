@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import sqlite3
 from dataclasses import dataclass, field
 from typing import Any
@@ -168,6 +169,25 @@ class ReleaseRegistry:
         rows = self.db.conn.execute("SELECT id FROM releases ORDER BY created_at DESC, rowid DESC LIMIT ?",
                                     (limit,)).fetchall()
         return [self.get(r[0]) for r in rows]
+
+    def adapter_digests(self, prefix: str) -> dict[str, list[str]]:
+        """Adapter artifact digests starting with ``prefix`` that some release names, each with
+        the ids of those releases (oldest first): how an operator's digest is resolved, so only
+        artifacts the registry knows can be loaded by digest (docs/DESIGN.md "State").
+
+        Raises:
+            InvalidInputError: ``prefix`` is not 1–64 lowercase hex digits.
+        """
+        if not isinstance(prefix, str) or not re.fullmatch(r"[0-9a-f]{1,64}", prefix):
+            raise InvalidInputError(f"adapter digest {prefix!r} is not 1-64 lowercase hex digits")
+        rows = self.db.conn.execute("SELECT id, adapters FROM releases WHERE adapters LIKE ? "
+                                    "ORDER BY created_at, rowid", (f'%"{prefix}%',)).fetchall()
+        found: dict[str, list[str]] = {}
+        for row in rows:
+            for digest in json.loads(row["adapters"]).values():
+                if digest.startswith(prefix) and row["id"] not in found.get(digest, []):
+                    found.setdefault(digest, []).append(row["id"])
+        return found
 
     def set_status(self, rid: str, status: str, conn: sqlite3.Connection | None = None) -> None:
         if status not in STATUSES:

@@ -26,44 +26,78 @@ CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
 
 
-def read_adapter_folder(folder: Path, module_names: Sequence[str]) -> tuple[LoraConfig, dict[str, torch.Tensor]]:
+def read_adapter_folder(folder: Path, module_names: Sequence[str], *,
+                        label: str | None = None) -> tuple[LoraConfig, dict[str, torch.Tensor]]:
     """Read and check an adapter folder without touching any model.
 
     Args:
         folder: Folder with :data:`CONFIG_FILE` and :data:`WEIGHTS_FILE`.
         module_names: Module names of the base the adapter is meant for.
+        label: How error messages name the adapter instead of its folder, e.g.
+            ``"adapter artifact 3f2a…"``: a caller that answers remote requests must not
+            reveal where its files live (docs/DESIGN.md "State").
 
     Returns:
         The config, prepared as by :func:`prepare_config`, and the weights on CPU.
 
     Raises:
         ModelLoadError: Missing folder or file, unreadable or not a causal-LM LoRA config,
-            target modules absent from the base, or no tensors.
+            target modules absent from the base, no tensors, or a tensor holding NaN or Inf.
     """
+    what = label or f"adapter folder {folder}"
+
+    def clean(e: Exception) -> str:
+        # Library errors (PEFT, safetensors, OSError) may quote the file's path.
+        text = str(e)
+        return text.replace(str(folder), "<adapter>") if label else text
+
     if not folder.is_dir():
-        raise ModelLoadError(f"adapter folder not found: {folder}")
+        raise ModelLoadError(f"{what}: not found" if label else f"adapter folder not found: {folder}")
     for file in (CONFIG_FILE, WEIGHTS_FILE):
         if not (folder / file).is_file():
-            raise ModelLoadError(f"adapter folder {folder} has no {file}")
+            raise ModelLoadError(f"{what} has no {file}")
     try:
         raw = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
-        raise ModelLoadError(f"cannot read {folder / CONFIG_FILE}: {e}") from e
+        raise ModelLoadError(f"{what}: cannot read {CONFIG_FILE}: {clean(e)}") from e
     if not isinstance(raw, dict) or raw.get("peft_type") != "LORA":
         kind = raw.get("peft_type") if isinstance(raw, dict) else type(raw).__name__
-        raise ModelLoadError(f"{folder / CONFIG_FILE}: not a LoRA adapter (peft_type={kind!r})")
+        raise ModelLoadError(f"{what}: {CONFIG_FILE} is not a LoRA adapter (peft_type={kind!r})")
     try:
         config = LoraConfig.from_pretrained(str(folder))
     except (OSError, ValueError, TypeError) as e:
-        raise ModelLoadError(f"cannot read {folder / CONFIG_FILE}: {e}") from e
-    config = prepare_config(config, module_names, f"adapter folder {folder}")
+        raise ModelLoadError(f"{what}: cannot read {CONFIG_FILE}: {clean(e)}") from e
+    config = prepare_config(config, module_names, what)
     try:
         weights = load_file(str(folder / WEIGHTS_FILE), device="cpu")
     except Exception as e:  # safetensors raises its own error types for corrupt files
-        raise ModelLoadError(f"cannot read {folder / WEIGHTS_FILE}: {e}") from e
+        raise ModelLoadError(f"{what}: cannot read {WEIGHTS_FILE}: {clean(e)}") from e
     if not weights:
-        raise ModelLoadError(f"{folder / WEIGHTS_FILE} holds no tensors")
+        raise ModelLoadError(f"{what}: {WEIGHTS_FILE} holds no tensors")
+    check_finite(weights, what)
     return config, weights
+
+
+def check_finite(weights: dict[str, torch.Tensor], what: str) -> None:
+    """Refuse weights holding NaN or Inf.
+
+    PEFT loads them without complaint, and every request routed to the adapter would then
+    generate garbage (NaN logits sample token 0) while the release looks healthy.
+
+    Raises:
+        ModelLoadError: Naming the first bad tensor and how many values are bad.
+    """
+    for key in sorted(weights):
+        t = weights[key]
+        if not (t.is_floating_point() or t.is_complex()):
+            continue
+        finite = torch.isfinite(t)
+        if not bool(finite.all()):
+            bad = int((~finite).sum())
+            kinds = "NaN" if bool(torch.isnan(t).any()) else "Inf"
+            if kinds == "NaN" and bool(torch.isinf(t).any()):
+                kinds = "NaN and Inf"
+            raise ModelLoadError(f"{what}: tensor {key!r} holds {bad} {kinds} value(s) of {t.numel()}")
 
 
 def prepare_config(config: Any, module_names: Sequence[str], what: str) -> LoraConfig:

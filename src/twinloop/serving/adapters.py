@@ -59,6 +59,10 @@ _PEFT_CALL_HOOKS = {"_adapter_names_pre_forward_hook", "_alora_offsets_pre_forwa
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_@:+\-]{0,127}")
 
 
+class AdapterNameTakenError(InvalidInputError):
+    """A load named an adapter that is already resident and the caller did not allow replacing it."""
+
+
 def validate_adapter_name(name: str) -> str:
     """Check that ``name`` can be a resident adapter's name and return it.
 
@@ -84,7 +88,8 @@ class AdapterInfo:
 
     name: str
     path: str | None
-    """Folder it was loaded from; None for an adapter created in memory with ``add``."""
+    """Folder it was loaded from; None for an adapter created in memory with ``add``. Kept
+    for this process's logs; :meth:`to_dict` (what the API lists) leaves it out."""
     loaded_at: float
     """Unix time of the (last) load."""
     parameters: int
@@ -96,9 +101,18 @@ class AdapterInfo:
     retiring: bool
     """True while ``unload`` waits for its last users."""
 
+    @property
+    def source(self) -> str | None:
+        """The folder's own name: for an artifact-store folder, its content digest."""
+        return Path(self.path).name if self.path else None
+
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready dict (for the API's adapter listing)."""
-        return asdict(self)
+        """Plain JSON-ready dict (for the API's adapter listing): ``source`` instead of the
+        folder path, so a listing never tells a caller where files live on the server."""
+        doc = asdict(self)
+        doc.pop("path")
+        doc["source"] = self.source
+        return doc
 
 
 @dataclass
@@ -329,26 +343,35 @@ class AdapterRegistry:
 
     # -- load / add / unload -----------------------------------------------------------------
 
-    def load(self, name: str, path: str | Path) -> AdapterInfo:
+    def load(self, name: str, path: str | Path, *, replace: bool = True, label: str | None = None) -> AdapterInfo:
         """Load a LoRA adapter folder (standard PEFT format) under ``name``.
 
-        Loading a name that is already resident replaces it: the new weights are first loaded
-        and checked under a temporary name, so a bad folder leaves the old adapter in place.
-        Requests already admitted with that name use the new weights from their next batch.
+        Loading a name that is already resident replaces it (unless ``replace`` is False):
+        the new weights are first loaded and checked under a temporary name, so a bad folder
+        leaves the old adapter in place. Requests already admitted with that name use the new
+        weights from their next batch.
 
         Args:
             name: Unique resident name, e.g. ``law@rel_ab12``.
             path: Folder with ``adapter_config.json`` and ``adapter_model.safetensors``.
+            replace: False refuses a name that is already resident (checked under the
+                writer lock, so two loads cannot both pass the check).
+            label: How errors name the adapter instead of its folder (see
+                :func:`~twinloop.serving.adapter_format.read_adapter_folder`).
 
         Raises:
             InvalidInputError: Bad name.
+            AdapterNameTakenError: ``name`` is resident and ``replace`` is False.
             ModelLoadError: Missing folder or file, not a causal-LM LoRA adapter, target
-                modules absent from the base, or weights that do not fit the base.
+                modules absent from the base, weights that do not fit the base or that hold
+                NaN or Inf.
         """
         validate_adapter_name(name)
+        if not replace:
+            self._check_free(name)  # cheap refusal before reading any file; re-checked under the lock
         folder = Path(path)
-        config, weights = read_adapter_folder(folder, self._module_names)
-        return self._install_replacing(name, config, weights, str(folder))
+        config, weights = read_adapter_folder(folder, self._module_names, label=label)
+        return self._install_replacing(name, config, weights, str(folder), replace=replace)
 
     def add(self, name: str, peft_config: LoraConfig) -> AdapterInfo:
         """Create a fresh adapter in memory under ``name`` (replacing a resident one).
@@ -404,10 +427,18 @@ class AdapterRegistry:
 
     # -- internals ---------------------------------------------------------------------------
 
+    def _check_free(self, name: str) -> None:
+        with self._state:
+            if name in self._records:
+                raise AdapterNameTakenError(f"adapter {name!r} is already loaded; unload it first")
+
     def _install_replacing(
-        self, name: str, config: LoraConfig, weights: dict[str, torch.Tensor] | None, path: str | None
+        self, name: str, config: LoraConfig, weights: dict[str, torch.Tensor] | None, path: str | None,
+        *, replace: bool = True,
     ) -> AdapterInfo:
         with self._rw.exclusive():
+            if not replace:
+                self._check_free(name)
             with self._state:
                 old = self._records.get(name)
             if old is not None and weights is not None:

@@ -23,12 +23,15 @@ from __future__ import annotations
 
 import logging
 import queue
+import re
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from twinloop.kernel.crashpoints import crash_point
+from twinloop.kernel.errors import InvalidInputError
 from twinloop.release import promotion
 from twinloop.release.breaker import BreakerState, CircuitBreaker
 from twinloop.release.canary import CanaryStore, assign_arm, decide
@@ -41,6 +44,73 @@ log = logging.getLogger(__name__)
 
 CANARY_EVAL_EVERY = 10
 """Observations between canary decisions (each reads the arm statistics from SQLite)."""
+
+
+@dataclass(frozen=True)
+class AdapterRef:
+    """A registered adapter an operator asked to load: its resident name and its artifact."""
+
+    name: str
+    digest: str
+    release: str | None = None
+    """The release it was named through (``<domain>@<release id>``); None for a bare digest."""
+    domain: str | None = None
+
+
+_DIGEST_REF = re.compile(r"[0-9a-f]{12,64}")
+
+
+def resolve_adapter(registry, ref: str, name: str | None = None) -> AdapterRef:
+    """Resolve an operator's adapter reference against the release registry, never the disk.
+
+    ``ref`` is either ``<domain>@<release id>`` (that release's adapter, resident under that
+    very name, the one the release is served with) or an artifact digest some release names
+    (64 hex digits, or a unique prefix of at least 12), resident under ``name`` (default
+    ``adapter-<digest prefix>``). Names with ``@`` are the release loader's
+    (docs/DESIGN.md "Serving": ``law@<release>``), so a bare digest can never be put under a
+    release's name ahead of it: the loader would take whatever it found there as the release.
+
+    Raises:
+        InvalidInputError: A path or other malformed reference, an unknown or pruned release,
+            a domain the release has no adapter for, a digest no release names (or several
+            match), or a bad ``name``.
+    """
+    from twinloop.release.promotion import check_servable
+    from twinloop.serving.adapters import validate_adapter_name
+
+    if not isinstance(ref, str) or not ref:
+        raise InvalidInputError(f"adapter = {ref!r}: name a registered adapter")
+    if "@" in ref:
+        domain, _, rid = ref.partition("@")
+        if not registry.exists(rid):
+            raise InvalidInputError(f"adapter = {ref!r}: unknown release {rid!r}")
+        check_servable(registry, rid)
+        adapters = registry.get(rid).adapters
+        if domain not in adapters:
+            has = ", ".join(sorted(adapters)) or "none"
+            raise InvalidInputError(f"adapter = {ref!r}: release {rid} has no adapter for domain {domain!r} "
+                                    f"(it has: {has})")
+        if name is not None and name != ref:
+            raise InvalidInputError(f"name = {name!r}: a release's adapter is resident only under {ref!r}, the name "
+                                    "its release is served with")
+        return AdapterRef(validate_adapter_name(ref), adapters[domain], rid, domain)
+    if not _DIGEST_REF.fullmatch(ref):
+        shown = ref if len(ref) <= 80 else ref[:77] + "..."
+        raise InvalidInputError(f"adapter = {shown!r}: not a registered adapter; give its artifact digest (64 "
+                                "lowercase hex digits, or a unique prefix of at least 12) or '<domain>@<release id>'"
+                                " (folders on the server are never loaded)")
+    found = registry.adapter_digests(ref)
+    if not found:
+        raise InvalidInputError(f"adapter = {ref!r}: no release in the registry names this digest")
+    if len(found) > 1:
+        raise InvalidInputError(f"adapter = {ref!r}: prefix of {len(found)} digests; give more digits")
+    digest = next(iter(found))
+    name = f"adapter-{digest[:12]}" if name is None else name
+    validate_adapter_name(name)
+    if "@" in name:
+        raise InvalidInputError(f"name = {name!r}: names with '@' belong to releases' adapters; load a release's "
+                                "adapter as '<domain>@<release id>' instead")
+    return AdapterRef(name, digest)
 
 
 def scratch_promoter(settings, registry, domains, foundation: Callable[[], Any], embedder: Callable[[], Any]
@@ -372,6 +442,72 @@ class ReleaseControl:
 
     def canary_status(self) -> dict[str, Any]:
         return self.promoter.canary_status()
+
+    # -- adapters loaded by an operator (the /v1/lora routes) --------------------------------
+
+    def load_adapter(self, ref: str, *, actor: str, name: str | None = None) -> dict[str, Any]:
+        """Make a registered adapter resident (see :func:`resolve_adapter`), audited.
+
+        Only content the registry names is loaded, from the artifact store with its SHA-256
+        checked (docs/DESIGN.md "State"); a resident name is never replaced, so an adapter
+        serving a release cannot be swapped under it. Errors name the artifact by digest,
+        never by its place on disk.
+
+        Raises:
+            InvalidInputError: See :func:`resolve_adapter`.
+            AdapterNameTakenError: The name is already resident.
+            IntegrityError: The artifact is missing or fails its SHA-256 check.
+            ModelLoadError: It does not fit the base, or holds NaN or Inf weights.
+        """
+        target = resolve_adapter(self.registry, ref, name)
+        adapters = self.loader.adapters
+        folder = self.registry.artifacts.get("adapter", target.digest)
+        info = adapters.load(target.name, folder, replace=False, label=f"adapter artifact {target.digest[:12]}")
+        data = {"digest": target.digest, "release": target.release, "domain": target.domain}
+        try:
+            self.events.append("adapter.loaded", actor=actor, subject=target.name, data=data,
+                               reason=f"{target.domain}@{target.release}" if target.release else "by digest")
+        except Exception:
+            # An adapter nobody can account for must not stay resident.
+            adapters.unload(target.name, timeout=0)
+            raise
+        log.info("adapter loaded by an operator", extra={"adapter": target.name, "digest": target.digest})
+        return {**info.to_dict(), **data, "loaded": True}
+
+    def unload_adapter(self, name: str, *, actor: str, timeout: float | None = None) -> dict[str, Any]:
+        """Unload an adapter an operator loaded, once its requests finish, audited.
+
+        An adapter of a release this server keeps (Active, the previous one, a canary's
+        candidate) is refused: release control unloads it when it stops keeping the release.
+
+        Raises:
+            InvalidInputError: Not resident, or serving a kept release.
+            TimeoutError: Requests still hold it after ``timeout``; it stays resident.
+        """
+        adapters = self.loader.adapters
+        info = adapters.info().get(name)
+        if info is None:
+            raise InvalidInputError(f"adapter {name!r} is not loaded (resident: {adapters.names()})")
+        holder = self._release_using(name)
+        if holder is not None:
+            raise InvalidInputError(f"adapter {name!r} serves release {holder}, which this server keeps (Active, "
+                                    "previous or canary); it is unloaded when that release is no longer kept")
+        adapters.unload(name, timeout=timeout)
+        self.events.append("adapter.unloaded", actor=actor, subject=name, reason="",
+                           data={"digest": info.source})
+        return {"name": name, "deleted": True}
+
+    def _release_using(self, name: str) -> str | None:
+        with self._lock:
+            views = [self._active, self._shadow]
+        for view in views:
+            if view is not None and name in view.adapters.values():
+                return view.id
+        # Every release the loader keeps is resident under "<domain>@<release id>".
+        _, at, rid = name.partition("@")
+        if at and rid in self.loader.resident():
+            return rid
+        return None
 
     # -- faults and status -------------------------------------------------------------------
 

@@ -27,7 +27,7 @@ from twinloop.kernel.errors import InvalidInputError, TwinLoopError
 from twinloop.serving.adapters import AdapterRegistry
 from twinloop.serving.batch import _Row, _RowConstraints, _RowStops, _RowStreamer
 from twinloop.serving.pending import Pending, _Detokenizer, _wake  # noqa: F401  (_Detokenizer: tests)
-from twinloop.serving.types import BASE_ADAPTER, GenRequest, check_max_tokens
+from twinloop.serving.types import BASE_ADAPTER, GenRequest, check_max_tokens, check_sampling
 
 log = logging.getLogger(__name__)
 
@@ -153,10 +153,9 @@ class GenerationEngine:
         if not isinstance(req, GenRequest):
             raise InvalidInputError(f"expected a GenRequest, got {type(req).__name__}")
         check_max_tokens(req.max_new_tokens, self.config.max_new_tokens_limit, "max_new_tokens")
-        if not req.temperature >= 0:
-            raise InvalidInputError(f"temperature must be >= 0, got {req.temperature!r}")
-        if req.top_p is not None and not 0 < req.top_p <= 1:
-            raise InvalidInputError(f"top_p must be in (0, 1], got {req.top_p!r}")
+        # Refused here, not in the batch: a temperature that overflows the softmax would fail
+        # every row of its batch and count against the release as a server fault.
+        check_sampling(req.temperature, req.top_p, req.seed)
         if req.timeout_s is not None and not req.timeout_s > 0:
             raise InvalidInputError(f"timeout_s must be > 0, got {req.timeout_s!r}")
         if not self._accepting:

@@ -13,7 +13,6 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 from twinloop import __version__
@@ -22,16 +21,31 @@ from twinloop.kernel.toxicity import ToxicityScorer
 from twinloop.knowledge.store import IngestReport
 from twinloop.runtime import Runtime
 from twinloop.serving.control import ReleaseControl
-from twinloop.serving.engine import QueueFullError
+from twinloop.serving.engine import EngineStoppedError, QueueFullError
 from twinloop.serving.pipeline import AnswerPipeline, AnswerRequest
 from twinloop.serving.release import ReleaseLoader, ServingRelease
 from twinloop.serving.requestlog import RequestLog
-from twinloop.serving.types import AnswerRecord, GenRequest, new_request_id
+from twinloop.serving.types import AnswerRecord, GenRequest, check_text, new_request_id
 
 log = logging.getLogger(__name__)
 
 MODEL_ID = "twinloop"
 """OpenAI model id of the routed pipeline; ``twinloop:<domain>`` forces a domain."""
+
+
+def counts_against_release(error: BaseException | None) -> bool:
+    """Whether a request's failure says something about the release that served it.
+
+    Only server-side failures do (docs/DESIGN.md "Serving": the breaker and the rollback watch
+    judge the release). The caller's own mistakes (``InvalidInputError`` and its kinds: bad
+    values, unknown domain or adapter, token limits) would let any client open the breaker
+    for everyone or roll a good release back; load shedding (queue full), a stopping engine
+    and a client that went away (a cancelled task, a closed stream: ``CancelledError`` or
+    ``GeneratorExit``, neither an ``Exception``) say nothing about the release either.
+    """
+    if error is None or not isinstance(error, Exception):
+        return False
+    return not isinstance(error, (InvalidInputError, QueueFullError, EngineStoppedError))
 
 
 class BreakerOpenError(TwinLoopError):
@@ -114,6 +128,7 @@ class Service:
     # -- answering ---------------------------------------------------------------------------
 
     def _admit(self, req: AnswerRequest) -> tuple[ServingRelease, str | None]:
+        check_text(req.query, "query")  # before the breaker: a bad question is the caller's, not a probe
         release, arm = self.control.pin(req.user_id)
         if not self.control.admit(release, arm):
             raise BreakerOpenError(self.control.breaker.retry_after())
@@ -122,9 +137,10 @@ class Service:
     def _observe(self, release: ServingRelease, arm: str | None, started: float,
                  record: AnswerRecord | dict | None,
                  error: BaseException | None) -> None:
-        """Account the outcome of a request: client errors (4xx) and load shedding (429) say
-        nothing about a release's health and are left out."""
-        if isinstance(error, (InvalidInputError, QueueFullError, asyncio.CancelledError)):
+        """Account the outcome of a request: client errors (4xx), load shedding (429) and
+        clients that went away say nothing about a release's health and are left out
+        (:func:`counts_against_release`)."""
+        if error is not None and not counts_against_release(error):
             return
         doc = record if isinstance(record, dict) or record is None else record.to_dict()  # streams carry dicts
         ok = error is None and doc is not None and doc["finish_reason"] != "timeout"
@@ -241,6 +257,8 @@ class Service:
 
         Returns the engine's pending handle (``result``/``aresult``/``astream``).
         """
+        for i, m in enumerate(messages):
+            check_text(m.get("content") or "", f"messages[{i}].content" if len(messages) > 1 else "prompt")
         release = self.active
         if not self.control.admit(release, None):
             raise BreakerOpenError(self.control.breaker.retry_after())
@@ -263,9 +281,11 @@ class Service:
         pending = self.engine.submit(req)
 
         def done(result, error) -> None:
-            ok = error is None and result is not None and result.finish_reason != "timeout"
+            if error is not None and not counts_against_release(error):
+                return  # the caller's mistake (e.g. its adapter was unloaded), not the release's
             if result is not None and result.finish_reason == "cancelled":
                 return  # the client went away: says nothing about the release
+            ok = error is None and result is not None and result.finish_reason != "timeout"
             self.control.observe(release, None, ok=ok, latency_ms=(time.perf_counter() - started) * 1000)
 
         pending.add_done_callback(done)
@@ -290,15 +310,6 @@ class Service:
 
     def list_adapters(self) -> list[dict[str, Any]]:
         return [meta.to_dict() for meta in self.adapters.info().values()]
-
-    def load_adapter(self, name: str, path: str) -> dict[str, Any]:
-        return self.adapters.load(name, Path(path)).to_dict()
-
-    def remove_adapter(self, name: str) -> None:
-        """Unload an adapter once its in-flight requests finish (TimeoutError if they don't)."""
-        if any(name == a for a in self.active.adapters.values()):
-            raise InvalidInputError(f"adapter {name!r} is used by the Active release; swap first")
-        self.adapters.unload(name, timeout=self.settings.serving.request_timeout_s)
 
     # -- introspection -----------------------------------------------------------------------
 

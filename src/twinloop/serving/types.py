@@ -176,3 +176,56 @@ def check_max_tokens(value: object, limit: int, name: str = "max_tokens") -> int
     if value > limit:
         raise MaxTokensError(f"{name} = {value}: over this server's limit of {limit}", limit)
     return value
+
+
+MIN_TEMPERATURE = 1e-2
+"""Smallest sampling temperature other than 0 (greedy). Below it, logits / temperature
+overflows to inf and the softmax turns to NaN, so sampling fails for the whole batch; a
+temperature that small is greedy decoding in all but name anyway."""
+MAX_TEMPERATURE = 2.0
+"""Largest sampling temperature: OpenAI's bound (chat completions take the same); beyond it
+the distribution is close to flat noise."""
+MAX_SEED = 2**63 - 1
+"""Largest seed: ``torch.manual_seed`` takes a 64-bit integer; non-negative 63-bit keeps
+one meaning for a seed across torch, NumPy and SQLite."""
+
+
+def check_sampling(temperature: object, top_p: object = None, seed: object = None) -> None:
+    """The one check of sampling settings (API bodies and the engine), so a bad value is
+    refused as the caller's mistake before it can fail a batch (docs/DESIGN.md "Serving").
+
+    Raises:
+        InvalidInputError: ``temperature`` not 0 or within [MIN_TEMPERATURE, MAX_TEMPERATURE],
+            ``top_p`` not in (0, 1], or ``seed`` not an integer in 0..MAX_SEED.
+    """
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
+        raise InvalidInputError(f"temperature = {temperature!r}: must be a number")
+    if temperature != 0 and not MIN_TEMPERATURE <= temperature <= MAX_TEMPERATURE:
+        raise InvalidInputError(f"temperature = {temperature!r}: must be 0 (greedy) or between "
+                                f"{MIN_TEMPERATURE:g} and {MAX_TEMPERATURE:g}")
+    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float))
+                              or not 0 < top_p <= 1):
+        raise InvalidInputError(f"top_p = {top_p!r}: must be in (0, 1]")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED):
+        raise InvalidInputError(f"seed = {_cut(seed)}: must be an integer from 0 to {MAX_SEED}")
+
+
+def check_text(value: str, name: str) -> str:
+    """Refuse text that is not valid Unicode (a lone surrogate such as ``"\\ud800"``, which
+    JSON can carry but UTF-8 cannot): the tokenizer and the request log would fail on it.
+
+    Raises:
+        InvalidInputError: ``value`` cannot be encoded as UTF-8; the message names ``name``
+            and the position.
+    """
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise InvalidInputError(f"{name} holds an invalid character {value[e.start]!r} at position {e.start} "
+                                "(a lone UTF-16 surrogate): send valid Unicode text") from None
+    return value
+
+
+def _cut(value: object, limit: int = 40) -> str:
+    r = repr(value)
+    return r if len(r) <= limit else r[: limit - 3] + "..."

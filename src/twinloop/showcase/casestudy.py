@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from twinloop.kernel.config import Settings, load_settings
+from twinloop.release.audit_checkpoint import retire as retire_checkpoint
 
 REGULATION = [  # made up, so the base model cannot know it (paper §6.3: "a new regulation");
     # published today: regulation() dates each article, so as-of retrieval finds it in force.
@@ -144,6 +145,9 @@ def demo_settings(base: Settings, extra: dict[str, dict[str, Any]] | None = None
     this run, :data:`DEMO_OVERRIDES`, then ``extra`` (section → values) on top."""
     root = Path(base.data_dir) / "demo"
     if root.exists():
+        # The old run's audit log goes with its folder: retire its checkpoint, or the new log
+        # at the same path would read as the old one emptied (docs/DESIGN.md "State").
+        retire_checkpoint(root / "twinloop.db")
         for child in root.iterdir():
             if child.name != "cache":
                 shutil.rmtree(child) if child.is_dir() else child.unlink()
@@ -370,21 +374,29 @@ def run_case_study(base: Settings, on_step: StepCallback | None = None,
         if canary["canary"]["status"] != "promoted":
             raise TwinLoopError(f"the canary did not pass: {'; '.join(reasons)}")
 
-        # 7. Human approval (the law domain's policy), then the atomic swap.
+        # 7. Human approval by two reviewers (the law domain's two-person rule), then the atomic swap.
+        # The reviewers are named people, not the demo's one admin key, so they approve through
+        # the same library call the approve route makes (release/promotion.py).
         t0 = time.perf_counter()
         refused = http.post("/v1/admin/swap", json={"release": candidate})
-        http.post(f"/v1/admin/releases/{candidate}/approve", json={"note": "checked against the published Act"})
+        reviewers = ("demo:reviewer-1", "demo:reviewer-2")
+        service.control.promoter.approve(candidate, actor=reviewers[0], note="checked against the published Act")
+        refused_one = http.post("/v1/admin/swap", json={"release": candidate})
+        approval = service.control.promoter.approve(candidate, actor=reviewers[1], note="second review of the Act")
         swap = http.post("/v1/admin/swap", json={"release": candidate, "reason": "QA and canary passed"})
         if swap.status_code != 200:
             raise TwinLoopError(f"swap failed: {swap.text[:300]}")
         s = swap.json()
         summary["swap_ms"] = round(s["commit_ms"] + s["switch_ms"], 2)
-        tl.step("Approval by a named reviewer, then the atomic swap", t0,
-                {"refused_without_approval": refused.status_code == 409, "commit_ms": round(s["commit_ms"], 2),
+        tl.step("Approval by two named reviewers, then the atomic swap", t0,
+                {"refused_without_approval": refused.status_code == 409,
+                 "refused_with_one_approval": refused_one.status_code == 409,
+                 "approvals": [a["actor"] for a in approval["approvals"]], "commit_ms": round(s["commit_ms"], 2),
                  "switch_ms": round(s["switch_ms"], 3)},
                 [f"without approval: {refused.status_code} ({_short(refused.json()['error']['message'], 110)})",
-                 f"approved; swap {s['from_release']} → {s['to_release']}: registry commit {s['commit_ms']:.1f} ms, "
-                 f"pointer move {s['switch_ms']:.3f} ms"])
+                 f"approved by {reviewers[0]} only: {refused_one.status_code} (law needs two reviewers)",
+                 f"approved by {', '.join(reviewers)}; swap {s['from_release']} → {s['to_release']}: "
+                 f"registry commit {s['commit_ms']:.1f} ms, pointer move {s['switch_ms']:.3f} ms"])
 
         # 8. The new release answers the paraphrased questions.
         t0 = time.perf_counter()
