@@ -70,7 +70,8 @@ def releases(limit: int = 50, svc: Service = Depends(service),
             "items": [release_summary(svc, r.id) for r in reg.list(limit)]}
 
 
-@release_routes.get("/releases/{rid}", summary="One release: record, lineage, reports, approvals")
+@release_routes.get("/releases/{rid}", summary="One release: record, lineage, reports, approvals",
+                     responses=responses(404))
 def release_detail(rid: str, svc: Service = Depends(service),
                    _: Principal = Depends(require("admin"))) -> dict[str, Any]:
     reg = svc.runtime.releases
@@ -81,7 +82,8 @@ def release_detail(rid: str, svc: Service = Depends(service),
             "approvals": reg.approvals(rid)}
 
 
-@release_routes.post("/releases/{rid}/approve", summary="Approve a release for domains that require it")
+@release_routes.post("/releases/{rid}/approve", summary="Approve a release for domains that require it",
+                     responses=responses(404))
 def approve(rid: str, body: ApproveBody, svc: Service = Depends(service),
             who: Principal = Depends(require("admin"))) -> dict[str, Any]:
     if not svc.control.registry.exists(rid):
@@ -89,7 +91,8 @@ def approve(rid: str, body: ApproveBody, svc: Service = Depends(service),
     return svc.control.promoter.approve(rid, actor=actor(who), note=body.note)
 
 
-@release_routes.post("/qa", summary="QA dry-run of a candidate against Active (blocking; isolated copy)")
+@release_routes.post("/qa", summary="QA dry-run of a candidate against Active (blocking; isolated copy)",
+                     responses=responses(404, 409))
 def qa(body: QaBody, svc: Service = Depends(service), who: Principal = Depends(require("admin"))) -> dict[str, Any]:
     """Loads a separate copy of the base model (so serving, metrics and the request log are not
     touched), answers the held-out cases with the candidate and Active, stores the report
@@ -113,7 +116,8 @@ def qa(body: QaBody, svc: Service = Depends(service), who: Principal = Depends(r
         _qa_lock.release()
 
 
-@release_routes.post("/canary", status_code=201, summary="Start a canary of a candidate")
+@release_routes.post("/canary", status_code=201, summary="Start a canary of a candidate",
+                     responses=responses(404, 409))
 def canary_start(body: CanaryBody, svc: Service = Depends(service),
                  who: Principal = Depends(require("admin"))) -> dict[str, Any]:
     run = svc.control.start_canary(body.release, actor=actor(who), ratio=body.ratio, mode=body.mode,
@@ -121,24 +125,28 @@ def canary_start(body: CanaryBody, svc: Service = Depends(service),
     return run.to_dict()
 
 
-@release_routes.get("/canary", summary="The running (or last) canary: arms and the current decision")
+@release_routes.get("/canary", summary="The running (or last) canary: arms and the current decision",
+                     responses=responses(404))
 def canary_status(svc: Service = Depends(service), _: Principal = Depends(require("admin"))) -> dict[str, Any]:
     return svc.control.canary_status()
 
 
-@release_routes.delete("/canary", summary="Stop the running canary (no gate result is recorded)")
+@release_routes.delete("/canary", summary="Stop the running canary (no gate result is recorded)",
+                     responses=responses(404, 409))
 def canary_stop(svc: Service = Depends(service), who: Principal = Depends(require("admin"))) -> dict[str, Any]:
     return svc.control.stop_canary(actor=actor(who))
 
 
-@release_routes.post("/swap", summary="Promote a release to Active (gates checked)")
+@release_routes.post("/swap", summary="Promote a release to Active (gates checked)",
+                     responses=responses(404, 409))
 async def swap(body: SwapBody, svc: Service = Depends(service),
                who: Principal = Depends(require("admin"))) -> dict[str, Any]:
     return await run_in_threadpool(lambda: svc.control.swap(body.release, actor=actor(who), reason=body.reason,
                                                             force=body.force))
 
 
-@release_routes.post("/rollback", summary="Point Active back at the previous or a named release")
+@release_routes.post("/rollback", summary="Point Active back at the previous or a named release",
+                     responses=responses(404, 409))
 async def rollback(body: RollbackBody, svc: Service = Depends(service),
                    who: Principal = Depends(require("admin"))) -> dict[str, Any]:
     return await run_in_threadpool(lambda: svc.control.rollback(actor=actor(who), reason=body.reason, to=body.to))
@@ -152,7 +160,7 @@ def events(limit: int = 100, action: str | None = None, subject: str | None = No
     return {"items": [e.to_dict() for e in svc.runtime.events.list(limit=limit, action=action, subject=subject)]}
 
 
-@release_routes.get("/events/verify", summary="Recompute the audit log's hash chain")
+@release_routes.get("/events/verify", summary="Check the audit log: hash chain, keyed MAC chain, signed checkpoint")
 def events_verify(svc: Service = Depends(service), _: Principal = Depends(require("admin"))) -> dict[str, Any]:
     return svc.runtime.events.verify().to_dict()
 
@@ -162,7 +170,8 @@ def faults(svc: Service = Depends(service), _: Principal = Depends(require("admi
     return {"items": [f.to_dict() for f in svc.control.faults.list()]}
 
 
-@release_routes.post("/faults", summary="Inject (or clear, with zeros) a fault into a release, to rehearse rollback")
+@release_routes.post("/faults", summary="Inject (or clear, with zeros) a fault into a release, to rehearse rollback",
+                     responses=responses(404))
 def fault_set(body: FaultBody, svc: Service = Depends(service),
               who: Principal = Depends(require("admin"))) -> dict[str, Any]:
     rid = body.release or svc.active.id
@@ -171,7 +180,8 @@ def fault_set(body: FaultBody, svc: Service = Depends(service),
     return svc.control.inject_fault(Fault(rid, body.error_rate, body.delay_ms), actor=actor(who)).to_dict()
 
 
-@release_routes.post("/retention", summary="Remove old releases and unreferenced artifacts (keeps Active, Shadow, parents)")
+@release_routes.post("/retention", summary="Remove old releases and unreferenced artifacts (keeps Active, Shadow, parents)",
+                     responses=responses(409))
 def retention(body: RetentionBody, svc: Service = Depends(service),
               who: Principal = Depends(require("admin"))) -> dict[str, Any]:
     from twinloop.release.retention import prune
