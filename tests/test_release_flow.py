@@ -402,3 +402,16 @@ def test_automatic_rollback_fires_on_latency(tmp_path):
         ev = rt.events.list(action="rollback.automatic")
         assert len(ev) == 1 and "latency p95" in ev[0].reason
         assert s.http.get("/v1/health").json()["breaker"] == "closed"
+
+
+def test_api_rollback_to_a_release_never_active_is_refused(server, tmp_path):
+    """A fresh candidate (no QA, no canary, no approval) cannot be made Active by naming it
+    as a rollback target: rollback only returns to a release that was Active before."""
+    rt = server.runtime
+    active = rt.releases.pointer("active")
+    fresh = make_candidate(rt, tmp_path, domain="law", seed=11)
+    r = server.http.post("/v1/admin/rollback", json={"to": fresh, "reason": "sneak it in"})
+    assert r.status_code in (409, 422), r.text
+    assert "never Active" in r.json()["error"]["message"]
+    assert rt.releases.pointer("active") == active
+    assert not [e for e in rt.events.list(action="rollback") if e.subject == fresh]
