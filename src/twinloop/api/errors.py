@@ -85,6 +85,10 @@ ERROR_RESPONSES: dict[int, dict[str, Any]] = {
 """The error responses of the OpenAPI schema, all in the API's error shape."""
 
 
+SSE = {"text/event-stream": {"schema": {"type": "string"}}}
+"""The second body a streaming route answers 200 with (``"stream": true``): server-sent events."""
+
+
 def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     """``responses=`` for a route that can answer these error statuses."""
     return {code: ERROR_RESPONSES[code] for code in codes}

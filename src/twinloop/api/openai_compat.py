@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from twinloop.api.auth import Principal
 from twinloop.api.deps import GuardedRoute, require, service
-from twinloop.api.errors import ApiError, responses
+from twinloop.api.errors import SSE, ApiError, responses
 from twinloop.api.routes import check_max_tokens, label_request, record_id
 from twinloop.api.streaming import prefetch, sse, sse_response, unless_disconnected
 from twinloop.kernel.errors import InvalidInputError
@@ -130,7 +130,7 @@ def _usage(record: dict[str, Any]) -> dict[str, int]:
 
 
 @router.post("/v1/chat/completions", summary="OpenAI chat completions over the answer pipeline",
-             responses=responses(404, 503))
+             responses={200: {"content": SSE}, **responses(404, 503)})
 async def chat_completions(body: ChatCompletionBody, request: Request, svc: Service = Depends(service),
                            _: Principal = Depends(require("reader"))) -> Any:
     domain = resolve_model(svc, body.model)

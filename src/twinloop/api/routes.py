@@ -16,7 +16,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from twinloop.api.auth import Principal
 from twinloop.api.deps import GuardedRoute, require, service
-from twinloop.api.errors import ApiError, responses
+from twinloop.api.errors import SSE, ApiError, responses
 from twinloop.api.metrics import CONTENT_TYPE, domain_label
 from twinloop.api.schemas import (
     AnswerBody,
@@ -63,8 +63,8 @@ def answer_request(body: AnswerBody, request: Request) -> AnswerRequest:
 
 
 @router.post("/v1/answer", tags=["answer"], summary="Answer a question with citations (JSON or SSE)",
-             responses={200: {"model": AnswerRecord, "description": "The answer contract (or SSE events)."},
-                        **responses(503)})
+             responses={200: {"model": AnswerRecord, "description": "The answer contract (or SSE events).",
+                              "content": SSE}, **responses(503)})
 async def answer(body: AnswerBody, request: Request, svc: Service = Depends(service),
                  _: Principal = Depends(require("reader"))) -> Any:
     """Route, retrieve, decide, generate and assemble; returns the answer contract.
@@ -111,7 +111,8 @@ def label_request(request: Request, release: str, domains: list[str] | None) -> 
 
 
 @router.post("/v1/generate", tags=["answer"], response_model=GenerateResult,
-             summary="Plain generation, no retrieval (JSON or SSE)", responses=responses(503))
+             summary="Plain generation, no retrieval (JSON or SSE)",
+             responses={200: {"content": SSE}, **responses(503)})
 async def generate(body: GenerateBody, request: Request, svc: Service = Depends(service),
                    _: Principal = Depends(require("reader"))) -> Any:
     """Generate from a prompt with the base model, or a domain's adapter with ``domain``.
