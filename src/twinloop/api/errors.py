@@ -85,8 +85,9 @@ ERROR_RESPONSES: dict[int, dict[str, Any]] = {
 """The error responses of the OpenAPI schema, all in the API's error shape."""
 
 
-SSE = {"text/event-stream": {"schema": {"type": "string"}}}
-"""The second body a streaming route answers 200 with (``"stream": true``): server-sent events."""
+SSE = {"text/event-stream": {"schema": {}}}
+"""The second body a streaming route answers 200 with (``"stream": true``): server-sent events,
+each ``data:`` line one JSON event as the route's description says (no one schema fits them all)."""
 
 
 def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
