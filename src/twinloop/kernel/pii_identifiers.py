@@ -75,7 +75,9 @@ _SSN_NAMED = re.compile(
     r"(?P<value>(?!000|666|9\d\d)\d{3}([ -]?)(?!00)\d{2}\3(?!0000)\d{4})(?![\d-])")
 
 
-def _keep_lead(placeholder: str) -> Callable[[re.Match[str]], str]:
+def keep_lead(placeholder: str) -> Callable[[re.Match[str]], str]:
+    """A replacement that keeps the cue before the value ("born ", "passport no. ") and
+    puts ``placeholder`` where the value was."""
     return lambda m: m.group("lead") + placeholder
 
 
@@ -92,8 +94,8 @@ IDENTIFIER_RULES: tuple[Rule, ...] = (
 """Run right after plain e-mails, before any digit rule can take an octet or a group."""
 
 KEYWORD_RULES: tuple[Rule, ...] = (
-    ("SSN", _SSN_NAMED, _keep_lead("[SSN]")),
-    ("PASSPORT", _PASSPORT, _keep_lead("[PASSPORT]")),
+    ("SSN", _SSN_NAMED, keep_lead("[SSN]")),
+    ("PASSPORT", _PASSPORT, keep_lead("[PASSPORT]")),
 )
 """Run before IBANs and national IDs: "passport AB123456" is IBAN-shaped (and set aside whole
 when mod-97 fails), "passport 545 123 987" is SIN-shaped."""

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import re
 
-from twinloop.kernel.pii_identifiers import Rule
+from twinloop.kernel.pii_identifiers import Rule, keep_lead
 
 # Latin-1 plus the Latin Extended-A capitals and all of its letters ("Özlem Yıldız", "Łukasz").
 _UP = "A-ZÀ-ÖØ-ÞĀĂĄĆČĎĐĒĘĚĞİŁŃŇŐŒŘŚŞŠŢŤŰŹŻŽ"
@@ -130,11 +130,7 @@ def _address_en(m: re.Match[str]) -> str | None:
     return None if _COUNTED.search(m.string[max(0, m.start() - 12):m.start()]) else "[ADDRESS]"
 
 
-def _keep_lead(placeholder: str):
-    return lambda m: m.group("lead") + placeholder
-
-
-DOB_RULES: tuple[Rule, ...] = (("DATE_OF_BIRTH", _DOB, _keep_lead("[DATE_OF_BIRTH]")),)
+DOB_RULES: tuple[Rule, ...] = (("DATE_OF_BIRTH", _DOB, keep_lead("[DATE_OF_BIRTH]")),)
 """Run before the phone rules, which would take ``03.05.1979``-like runs apart otherwise."""
 
 ADDRESS_RULES: tuple[Rule, ...] = (
@@ -144,15 +140,15 @@ ADDRESS_RULES: tuple[Rule, ...] = (
     ("ADDRESS", _ADDRESS_FR, lambda m: "[ADDRESS]"),
     ("ADDRESS", _ADDRESS_SOUTH, lambda m: "[ADDRESS]"),
     ("ADDRESS", _UK_POSTCODE, lambda m: "[ADDRESS]"),
-    ("ADDRESS", _US_ZIP, _keep_lead("[ADDRESS]")),
+    ("ADDRESS", _US_ZIP, keep_lead("[ADDRESS]")),
 )
 """Run after the digit rules and before names ("55 Riverside Dr" is no Dr. Riverside)."""
 
 PERSON_RULES: tuple[Rule, ...] = (
-    ("PERSON", _PERSON_TITLED, _keep_lead("[PERSON]")),
-    ("PERSON", _PERSON_INTRO, _keep_lead("[PERSON]")),
-    ("PERSON", _PERSON_LABEL, _keep_lead("[PERSON]")),
-    ("PERSON", _PERSON_SIGNATURE, _keep_lead("[PERSON]")),
-    ("PERSON", _PERSON_INTRO_WEAK, _keep_lead("[PERSON]")),
+    ("PERSON", _PERSON_TITLED, keep_lead("[PERSON]")),
+    ("PERSON", _PERSON_INTRO, keep_lead("[PERSON]")),
+    ("PERSON", _PERSON_LABEL, keep_lead("[PERSON]")),
+    ("PERSON", _PERSON_SIGNATURE, keep_lead("[PERSON]")),
+    ("PERSON", _PERSON_INTRO_WEAK, keep_lead("[PERSON]")),
 )
 """Run last: every other placeholder is in place, so no name rule can swallow one."""
