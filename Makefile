@@ -31,7 +31,8 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 # Schemathesis against the OpenAPI schema on a real server, once per role; bounded in time,
-# fails on any 5xx or schema violation (scripts/fuzz_api.py). Runs in CI after `make test`.
+# fails on any 5xx or schema violation (scripts/fuzz_api.py). Runs in CI after `make test`;
+# `make fuzz ARGS="--max-time 900"` for a longer run.
 fuzz: $(STAMP)
 	$(BIN)/python scripts/fuzz_api.py $(ARGS)
 

@@ -72,13 +72,21 @@ def evidence_rows(rt, rows: list[dict]) -> list[dict]:
 
 
 def fit(x: np.ndarray, y: np.ndarray, l2: float = 1e-2, steps: int = 5000, lr: float = 0.1):
-    """Logistic regression on standardised features; returns weights and bias on the raw scale."""
+    """Logistic regression on standardised features, every weight kept ≥ 0 (projected gradient
+    descent); returns weights and bias on the raw scale.
+
+    Every feature is evidence *for* an answer — a closer sentence, more of the question's words
+    or names found, a number where one is asked — so none may count against one. Unconstrained,
+    the dozen unanswerable questions the rules leave open gave weights of either sign that
+    flipped between feature revisions (a number in the evidence counting *against* a quantity
+    question), and near misses scored 0.96 (docs/DESIGN.md "Facts measured here").
+    """
     mu, sd = x.mean(0), x.std(0) + 1e-9
     z = (x - mu) / sd
     w, b = np.zeros(z.shape[1]), 0.0
     for _ in range(steps):
         p = 1 / (1 + np.exp(-(z @ w + b)))
-        w -= lr * (z.T @ (p - y) / len(y) + l2 * w)
+        w = np.maximum(w - lr * (z.T @ (p - y) / len(y) + l2 * w), 0.0)
         b -= lr * float(np.mean(p - y))
     return w / sd, b - float((w / sd) @ mu)
 

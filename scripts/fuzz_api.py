@@ -1,13 +1,13 @@
 """Fuzz the HTTP API with schemathesis, once per role, against a real server: any 5xx or any
 response that breaks the published OpenAPI schema fails the run.
 
-    python scripts/fuzz_api.py                    # CI size (make fuzz): bounded per role
-    python scripts/fuzz_api.py --max-examples 100 --max-time 900
+    python scripts/fuzz_api.py                    # CI size (make fuzz): 150 s per role
+    python scripts/fuzz_api.py --max-time 900     # a longer run (clean at 300 s per role, all four)
 
 A fresh data directory with the tiny model and two indexed GDPR passages; uvicorn on a loopback
 port (``api.server.ServerThread``); one ``schemathesis run`` per role (admin, operator, reader,
-and no key) with a fixed seed and deterministic generation, bounded by examples (the time
-limit is a safety net), so CI fuzzes what a developer's run fuzzed and a failure reproduces. Checks: ``not_a_server_error``,
+and no key) with a fixed seed and deterministic generation, bounded in time per role (the
+fuzzing phase runs until the limit, whatever ``--max-examples`` says), so a failure reproduces. Checks: ``not_a_server_error``,
 ``status_code_conformance`` (every status the server sends is documented),
 ``content_type_conformance`` and ``response_schema_conformance``. The API is fuzzed, not
 loaded: a token-bucket limit that answers 429 is a documented answer, not a failure.
@@ -40,7 +40,8 @@ DOCS = [
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--max-examples", type=int, default=8, help="examples per operation and role")
-    ap.add_argument("--max-time", type=int, default=300, help="seconds per role (a safety bound: the examples end first)")
+    ap.add_argument("--max-time", type=int, default=150,
+                    help="seconds per role: the fuzzing phase runs until then")
     ap.add_argument("--seed", type=int, default=20261129)
     ap.add_argument("--roles", default="reader,operator,admin,none")
     args = ap.parse_args(argv)

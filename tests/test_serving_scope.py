@@ -92,3 +92,43 @@ def test_an_article_must_be_held_in_an_edition_in_force_on_the_date(question, as
 def test_a_catalog_without_dates_says_nothing_about_editions():
     assert CATALOG.held_on("GDPR", "12", "2015-01-01") is None
     assert out_of_scope("What does Article 12 GDPR say?", ["law"], CATALOG, None, as_of="1990-01-01") is None
+
+
+PARTS = Catalog({"law": frozenset({"EU", "DE"})},
+                {"GDPR": frozenset({"10", "83"}), "BDSG 2018": frozenset({"4", "42"}), "BDSG 1990": frozenset({"4f"})},
+                {"BDSG 2018": {"4": (("2018-05-25", None),)}, "BDSG 1990": {"4f": (("2001-05-23", "2018-05-25"),)}},
+                {"GDPR": {"83": frozenset(str(i) for i in range(1, 10))},
+                 "BDSG 2018": {"4": frozenset({"1", "2"}), "42": frozenset({"1", "2", "3"})}})
+
+PARAGRAPH_CASES = [
+    # (question, as_of, out of scope?, what the reason names)
+    ("What does Article 83(10) GDPR provide on fines for public authorities?", None, True, "paragraph 10"),
+    ("What does Article 83(5) GDPR provide?", None, False, None),
+    ("What does Art. 83 paragraph 12 GDPR say?", None, True, "paragraph 12"),
+    ("Welche Strafe sieht § 42 Abs. 4 BDSG vor?", None, True, "paragraph 4"),
+    ("Welche Strafe sieht § 42 Abs. 1 BDSG vor?", None, False, None),
+    ("What does Article 10(1) GDPR say?", None, False, None),   # stored whole: (1) is the article
+    ("What does Article 10(2) GDPR say?", None, True, "paragraph 2"),
+    # § 4f is the 1990 edition's; § 4 of the 2018 edition is another article, not its stand-in.
+    ("Welche Pflichten enthält § 4f BDSG in der 2021 geltenden Fassung?", "2021-06-01", True, "4f"),
+    ("Welche Pflichten enthielt § 4f BDSG?", "2015-06-01", False, None),
+]
+
+
+@pytest.mark.parametrize(("question", "as_of", "out", "names"), PARAGRAPH_CASES,
+                         ids=[c[0][:40] for c in PARAGRAPH_CASES])
+def test_a_paragraph_or_lettered_article_must_be_held_itself(question, as_of, out, names):
+    verdict = out_of_scope(question, ["law"], PARTS, None, as_of=as_of)
+    assert (verdict is not None) == out, verdict
+    if out:
+        assert names in verdict.reason
+
+
+def test_a_source_with_no_edition_in_force_on_the_date_is_out_of_scope():
+    gap = Catalog({"law": frozenset({"DE"})}, {"BDSG 2018": frozenset({"38"}), "BDSG 1990": frozenset({"4f"})},
+                  {"BDSG 2018": {"38": (("2019-11-20", None),)}, "BDSG 1990": {"4f": (("2009-08-14", "2018-05-25"),)}})
+    question = "Ab wie vielen Personen musste ein Unternehmen nach dem BDSG einen Datenschutzbeauftragten benennen?"
+    verdict = out_of_scope(question, ["law"], gap, None, as_of="2018-12-01")
+    assert verdict is not None and "2018-12-01" in verdict.reason
+    for day in ("2017-01-01", "2020-01-01"):
+        assert out_of_scope(question, ["law"], gap, None, as_of=day) is None

@@ -10,6 +10,8 @@ each (docs/DESIGN.md "Foundation"), and one release registry.
 
 from __future__ import annotations
 
+import json
+
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -59,6 +61,50 @@ class Runtime:
 
         return KnowledgeStore(self.db, self.data_dir.indexes, self.embedder, self.settings.retrieval,
                               domains=self.domains.names())
+
+    @cached_property
+    def corrections(self):
+        """Accepted corrections: documents of their domain, served from memory (knowledge/corrections.py)."""
+        from twinloop.knowledge.corrections import CorrectionStore
+
+        return CorrectionStore(self.db, self.knowledge, self.domains, self.events)
+
+    def correct(self, domain: Any, question: Any, answer: Any, *, actor: str, source: Any = None,
+                feedback_id: int | None = None):
+        """Accept a correction under the Active release (the one API route and CLI command both
+        call): served on the next request, or once approved where the domain's policy asks.
+
+        Raises:
+            InvalidInputError / UnknownDomainError: A bad field or domain (named).
+        """
+        return self.corrections.add(domain, question, answer, actor=actor, source=source, feedback_id=feedback_id,
+                                    release_id=self.releases.pointer("active"))
+
+    def submit_feedback(self, request_id: str, score: Any, correction: Any, actor: str | None,
+                        request: dict[str, Any] | None):
+        """Store and filter feedback; a correction the filters accept also enters correction
+        memory for the question it corrects (docs/DESIGN.md "Learning"). Returns the feedback
+        record and the correction (None when there is none or the filters held it back)."""
+        record = self.feedback.submit(request_id, score, correction, actor, request=request)
+        made = None
+        if record.status == "accepted" and record.correction and request is not None:
+            domains = request.get("domains")
+            if isinstance(domains, str):
+                domains = json.loads(domains)
+            domain = (domains or [None])[0]
+            if domain is not None and request.get("query"):
+                made = self.correct(domain, request["query"], record.correction, actor=actor or "anonymous",
+                                    feedback_id=record.id)
+        return record, made
+
+    def lineage(self, release_id: str) -> frozenset[str]:
+        """A release and every release it descends from: whose corrections it serves."""
+        from twinloop.kernel.errors import TwinLoopError
+
+        try:
+            return frozenset({release_id, *(r.id for r in self.releases.ancestors(release_id))})
+        except TwinLoopError:  # not in the registry (a dry-run view): only its own
+            return frozenset({release_id})
 
     @cached_property
     def retriever(self):

@@ -14,6 +14,7 @@ schema violation (pydantic)                  422    ``invalid_value``, ...
 unknown domain                               422    ``unknown_domain``
 unknown model                                404    ``model_not_found``
 unknown request id (feedback)                404    ``unknown_request``
+unknown correction id                        404    ``unknown_correction``
 no / invalid API key                         401    ``missing_api_key``, ``invalid_api_key``
 key without the role                         403    ``insufficient_role``
 rate limit / engine queue full               429    ``rate_limit_exceeded``, ``queue_full``
@@ -49,6 +50,7 @@ from twinloop.kernel.errors import (
     UnknownDomainError,
     UnknownRequestError,
 )
+from twinloop.knowledge.corrections import CorrectionNotFoundError
 from twinloop.serving.types import MaxTokensError
 
 log = logging.getLogger("twinloop.api")
@@ -170,6 +172,8 @@ def to_api_error(exc: BaseException) -> ApiError | None:
         return ApiError(422, str(exc), code="unknown_domain", param="domain")
     if isinstance(exc, UnknownRequestError):
         return ApiError(404, str(exc), code="unknown_request", param="request_id")
+    if isinstance(exc, CorrectionNotFoundError):
+        return ApiError(404, str(exc), code="unknown_correction", param="correction_id")
     if isinstance(exc, MaxTokensError):
         return ApiError(422, str(exc), code="max_tokens_exceeded", param="max_tokens")
     if isinstance(exc, InvalidInputError):

@@ -30,7 +30,7 @@ STAGE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64, 128, 256)
 TPS_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000)
 
-STAGES = ("route", "retrieve", "decide", "queue", "generate", "assemble")
+STAGES = ("route", "memory", "retrieve", "decide", "queue", "generate", "assemble")
 """``AnswerRecord.timings_ms`` keys observed as pipeline stages (``total`` is the request)."""
 
 

@@ -20,11 +20,16 @@ from twinloop.api.errors import SSE, ApiError, responses
 from twinloop.api.metrics import CONTENT_TYPE, domain_label
 from twinloop.api.schemas import (
     AnswerBody,
+    ApprovalBody,
+    CorrectionBody,
+    CorrectionList,
+    CorrectionOut,
     FeedbackBody,
     FeedbackResult,
     GenerateBody,
     GenerateResult,
     IngestBody,
+    RemovalBody,
     TrainBody,
 )
 from twinloop.api.streaming import prefetch, sse, sse_response, unless_disconnected
@@ -168,9 +173,52 @@ def feedback(body: FeedbackBody, svc: Service = Depends(service),
              who: Principal = Depends(require("operator"))) -> Any:
     """Store feedback with a snapshot of the request it rates, then filter it into a training
     sample or the quarantine; 404 if ``request_id`` was never answered here."""
-    record = svc.runtime.feedback.submit(body.request_id, body.score, body.correction, who.key_id,
-                                         request=svc.requestlog.get(body.request_id))
-    return asdict(record)
+    record, made = svc.runtime.submit_feedback(body.request_id, body.score, body.correction, who.key_id,
+                                               svc.requestlog.get(body.request_id))
+    return asdict(record) | {"correction_id": made.id if made is not None else None}
+
+
+@router.post("/v1/corrections", tags=["learning"], status_code=201, response_model=CorrectionOut,
+             summary="Correct an answer: served for the question at once (or once approved)")
+def correction_add(body: CorrectionBody, svc: Service = Depends(service),
+                   who: Principal = Depends(require("operator"))) -> Any:
+    """Store a correction as a citable document of its domain (a new index revision) and put it
+    in correction memory: questions in its scope are answered with it, quoted and cited with its
+    provenance; other questions are untouched. In a domain whose policy requires approval it is
+    ``pending`` until that many other reviewers approve. Unknown domain → 422."""
+    return svc.runtime.correct(body.domain, body.question, body.answer, actor=who.key_id, source=body.source).to_dict()
+
+
+@router.get("/v1/corrections", tags=["learning"], response_model=CorrectionList, summary="Corrections, newest first")
+def correction_list(domain: str | None = None, state: str | None = None, limit: int = 100,
+                    svc: Service = Depends(service), _: Principal = Depends(require("operator"))) -> Any:
+    if not 1 <= limit <= 1000:
+        raise ApiError(422, f"limit = {limit}: must be between 1 and 1000", code="invalid_value", param="limit")
+    return {"corrections": [c.to_dict() for c in svc.runtime.corrections.list(domain, state, limit)]}
+
+
+@router.get("/v1/corrections/{correction_id}", tags=["learning"], response_model=CorrectionOut,
+            summary="One correction with its provenance", responses=responses(404))
+def correction_get(correction_id: int, svc: Service = Depends(service),
+                   _: Principal = Depends(require("operator"))) -> Any:
+    return svc.runtime.corrections.get(correction_id).to_dict()
+
+
+@router.post("/v1/corrections/{correction_id}/approve", tags=["learning"], response_model=CorrectionOut,
+             summary="Approve a pending correction (a reviewer other than the one who made it)",
+             responses=responses(404))
+def correction_approve(correction_id: int, body: ApprovalBody, svc: Service = Depends(service),
+                       who: Principal = Depends(require("operator"))) -> Any:
+    return svc.runtime.corrections.approve(correction_id, actor=who.key_id, note=body.note).to_dict()
+
+
+@router.post("/v1/corrections/{correction_id}/remove", tags=["learning"], response_model=CorrectionOut,
+             summary="Take a correction out of answers (its document removed at a new index revision)",
+             responses=responses(404))
+def correction_remove(correction_id: int, body: RemovalBody, svc: Service = Depends(service),
+                      who: Principal = Depends(require("operator"))) -> Any:
+    return svc.runtime.corrections.remove(correction_id, actor=who.key_id, reason=body.reason,
+                                          erase=body.erase).to_dict()
 
 
 @router.post("/v1/ingest", tags=["learning"], response_model=IngestReport,

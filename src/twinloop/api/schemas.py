@@ -89,6 +89,8 @@ class FeedbackResult(BaseModel):
     score: float
     correction: str | None
     created_at: str
+    correction_id: int | None = Field(default=None, description="The correction memory record an accepted "
+                                      "correction became (served for the rated question at once, or once approved).")
     status: str = Field(description="accepted (a training sample), quarantined (a filter refused it), "
                                     "not_trainable (a rating with nothing to imitate) or new (not filtered yet).")
 
@@ -145,3 +147,46 @@ class FaultBody(_Body):
 class RetentionBody(_Body):
     dry_run: StrictBool = Field(default=True, description="Only report what would be removed.")
 
+
+
+class CorrectionBody(_Body):
+    domain: str = Field(min_length=1, max_length=64)
+    question: str = Field(min_length=1, max_length=2000, description="The question the correction answers.")
+    answer: str = Field(min_length=1, max_length=2000, description="The correct answer, as users should read it.")
+    source: str | None = Field(default=None, max_length=500, description="Where the answer comes from (a URI, a "
+                               "document, a decision), shown with the correction.")
+
+
+class ApprovalBody(_Body):
+    note: str = Field(default="", max_length=2000)
+
+
+class RemovalBody(_Body):
+    reason: str = Field(default="", max_length=2000)
+    erase: bool = Field(default=False, description="Also wipe the text for good (right to erasure).")
+
+
+class CorrectionOut(BaseModel):
+    id: int
+    domain: str
+    question: str
+    answer: str
+    subject: str | None
+    source: str | None
+    state: str = Field(description="pending (awaiting the domain's approvals), active (served) or removed.")
+    release_id: str | None = Field(description="The release Active when it was accepted: it and its descendants "
+                                   "serve the correction; rolling back past it takes it out of answers.")
+    uri: str
+    revision: int | None = Field(description="The index revision its document was added at (None while pending).")
+    feedback_id: int | None
+    actor: str
+    created_at: str
+    approvals: list[dict[str, str]]
+    approvals_required: int
+    removed_at: str | None = None
+    removed_by: str | None = None
+    provenance: dict[str, Any]
+
+
+class CorrectionList(BaseModel):
+    corrections: list[CorrectionOut]

@@ -1,4 +1,4 @@
-"""Shadow (learning loop) commands: ``quarantine``, ``train`` and ``jobs``.
+"""Shadow (learning loop) commands: ``quarantine``, ``train``, ``jobs``, ``correct`` and ``corrections``.
 
 Training runs in a worker process of its own (docs/DESIGN.md "The two loops"), so ``train``
 only starts a job and follows its progress; the result is a candidate release, and Active
@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from twinloop.cli.app import app, runtime
+from twinloop.cli.app import app, cli_actor, runtime
 from twinloop.cli.output import JsonFlag, emit, err, out, table
 from twinloop.kernel.errors import TwinLoopError
 
@@ -124,3 +124,50 @@ def jobs(
         return t
 
     emit(rows, json_out, render)
+
+
+@app.command()
+def correct(
+    domain: Annotated[str, typer.Option("--domain", "-d", help="The domain the correction belongs to.")],
+    question: Annotated[str, typer.Option("--question", "-q", help="The question it answers.")],
+    answer: Annotated[str, typer.Option("--answer", "-a", help="The correct answer, as users should read it.")],
+    source: Annotated[str | None, typer.Option(help="Where the answer comes from (shown with it).")] = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """Correct an answer: questions in its scope are answered with it at once, quoted and cited
+    (or once approved, in a domain whose policy requires approval)."""
+    c = runtime().correct(domain, question, answer, actor=cli_actor(), source=source)
+    state = ("served from now on" if c.state == "active"
+             else f"pending: {c.approvals_required} approval(s) by other reviewers needed")
+    emit(c.to_dict(), json_out, f"correction {c.id} ({c.domain}, index revision {c.revision or '-'}): {state}")
+
+
+@app.command()
+def corrections(
+    domain: Annotated[str | None, typer.Option("--domain", "-d", help="Only this domain.")] = None,
+    state: Annotated[str | None, typer.Option(help="pending, active or removed.")] = None,
+    approve: Annotated[int | None, typer.Option(help="Approve this correction (as the CLI user).")] = None,
+    remove: Annotated[int | None, typer.Option(help="Take this correction out of answers.")] = None,
+    reason: Annotated[str, typer.Option(help="Why (audited), with --approve or --remove.")] = "",
+    json_out: JsonFlag = False,
+) -> None:
+    """List corrections, or approve or remove one."""
+    store = runtime().corrections
+    if approve is not None:
+        c = store.approve(approve, actor=cli_actor(), note=reason)
+        emit(c.to_dict(), json_out, f"correction {c.id}: {c.state} ({len(c.approvals)} of {c.approvals_required} "
+                                    "approvals)")
+        return
+    if remove is not None:
+        c = store.remove(remove, actor=cli_actor(), reason=reason)
+        emit(c.to_dict(), json_out, f"correction {c.id}: removed")
+        return
+    found = store.list(domain, state)
+
+    def render(_doc):
+        t = table("Corrections", ("id", "domain", "state", "question", "answer", "accepted"), overflow="fold")
+        for c in found:
+            t.add_row(str(c.id), c.domain, c.state, c.question[:80], c.answer[:60], f"{c.created_at[:10]} {c.actor}")
+        out.print(t)
+
+    emit({"corrections": [c.to_dict() for c in found]}, json_out, render)

@@ -128,7 +128,8 @@ class Retriever:
 
     def catalog(self, revision: int | None = None) -> dict[str, dict]:
         """What a revision holds: ``{"jurisdictions": {domain: {...}}, "articles": {code: {...}},
-        "in_force": {code: {article: ((from, to), ...)}}}``.
+        "in_force": {code: {article: ((from, to), ...)}}, "parts": {code: {article: {...}}}}``
+        (``parts``: the numbered paragraphs stored for an article, in any edition).
 
         ``articles`` counts every edition (an article that existed in any edition is held);
         ``in_force`` keeps each article's validity intervals, so a question about an article
@@ -142,12 +143,13 @@ class Retriever:
             if key in self._catalogs:
                 return self._catalogs[key]
         rows = self.store.db.conn.execute(
-            "SELECT DISTINCT domain, jurisdiction, code, article, in_force_from, valid_to FROM kn_documents "
+            "SELECT DISTINCT domain, jurisdiction, code, article, part, in_force_from, valid_to FROM kn_documents "
             "WHERE erased = 0 AND added_rev <= ? AND (removed_rev IS NULL OR removed_rev > ?)", (rev, rev)).fetchall()
         jurisdictions: dict[str, set[str]] = {}
         articles: dict[str, set[str]] = {}
         in_force: dict[str, dict[str, set[tuple[str | None, str | None]]]] = {}
-        for domain, jur, code, article, start, end in rows:
+        parts: dict[str, dict[str, set[str]]] = {}
+        for domain, jur, code, article, part, start, end in rows:
             if jur:
                 jurisdictions.setdefault(domain, set()).add(jur)
             if code:
@@ -158,10 +160,13 @@ class Retriever:
                     n = number.group(0).replace(" ", "").lower()
                     articles[code].add(n)
                     in_force.setdefault(code, {}).setdefault(n, set()).add((start, end))
+                    if part:
+                        parts.setdefault(code, {}).setdefault(n, set()).add(str(part).strip().lower())
         found = {"jurisdictions": {d: frozenset(v) for d, v in jurisdictions.items()},
                  "articles": {c: frozenset(v) for c, v in articles.items()},
                  "in_force": {c: {a: tuple(sorted(iv, key=str)) for a, iv in arts.items()}
-                              for c, arts in in_force.items()}}
+                              for c, arts in in_force.items()},
+                 "parts": {c: {a: frozenset(ps) for a, ps in arts.items()} for c, arts in parts.items()}}
         with self._eligible_lock:
             self._catalogs = {key: found}  # only the newest view is asked for in practice
         return found

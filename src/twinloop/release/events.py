@@ -102,6 +102,7 @@ ACTIONS = frozenset({
     "config.loaded", "domain.added", "auth.failed",
     "knowledge.ingested", "knowledge.removed",
     "feedback.accepted", "feedback.quarantined",
+    "correction.accepted", "correction.approved", "correction.removed",
     "training.started", "training.finished", "training.failed",
     "release.created", "release.base", "release.approved", "release.pruned", "release.exported",
     "release.imported",

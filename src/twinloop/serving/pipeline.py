@@ -23,6 +23,7 @@ from twinloop.kernel.errors import InvalidInputError
 from twinloop.knowledge.domains import DomainRegistry
 from twinloop.knowledge.retrieval import Hit, Retriever, parse_date
 from twinloop.serving.evidence import Answerability, default_answerability
+from twinloop.serving.memory import CorrectionMemory, Match, is_correction
 from twinloop.serving.grounded import (
     POSSIBLY_RELATED,
     Decision,
@@ -97,6 +98,8 @@ class Prepared:
     """The passages the prompt numbers [1]..[n] (those that fit the model's input)."""
     arm: str | None = None
     """The canary arm the request was admitted on (set by the service)."""
+    correction: Match | None = None
+    """The correction the question falls under (then it is the answer)."""
 
 
 class AnswerPipeline:
@@ -109,13 +112,15 @@ class AnswerPipeline:
         config: ``Settings.serving``.
         max_query_chars: Longest question accepted.
         answerability: The calibrated answerability model (default: the one shipped with the packs).
+        memory: Accepted corrections, looked up before retrieval (None: no correction memory).
     """
 
     def __init__(self, retriever: Retriever, domains: DomainRegistry, requestlog: RequestLog,
                  config: ServingConfig, max_query_chars: int = 4000, *,
-                 answerability: Answerability | None = None) -> None:
+                 answerability: Answerability | None = None, memory: CorrectionMemory | None = None) -> None:
         self.retriever = retriever
         self.domains = domains
+        self.memory = memory
         self.requestlog = requestlog
         self.config = config
         self.max_query_chars = max_query_chars
@@ -151,11 +156,24 @@ class AnswerPipeline:
         view = self.retriever.view(release.index_revision)
         specs = {d: self.domains.get(d) for d in domains}
         citations_required = any(s.citations_required for s in specs.values())
+        if self.memory is not None:
+            match = self.memory.lookup(req.query, domains, release.id, release.index_revision, decision.query_vector)
+            timings["memory"] = _ms(t)
+            if match is not None:
+                # In a correction's scope: its answer, quoted and cited, is the answer — no
+                # retrieval, no generation (docs/DESIGN.md "Learning").
+                return Prepared(req, release, domains, decision.scores, [match.hit], citations_required, None,
+                                view.revision, day.isoformat(), jurisdiction, started, timings,
+                                Decision("answered", f"correction {match.correction.id}"),
+                                prompt_passages=[match.hit], correction=match)
+            t = time.perf_counter()
         # General questions get no sources unless general is asked for explicitly: its seed
         # corpus is a handful of encyclopaedic notes, not a knowledge base to cite.
         searchable = [d for d in domains if d != "general" or req.domain == "general"]
         passages = (view.search(req.query, searchable, as_of=day, jurisdiction=jurisdiction,
                                 query_vector=decision.query_vector).hits if searchable else [])
+        # A correction answers the questions in its scope and no other: never as a passage.
+        passages = [h for h in passages if not is_correction(h)]
         timings["retrieve"] = _ms(t)
 
         grounding = None
@@ -163,7 +181,8 @@ class AnswerPipeline:
             t = time.perf_counter()
             catalog = self.retriever.catalog(view.revision)
             grounding = decide(req.query, searchable or domains, passages[:MAX_PASSAGES],
-                               Catalog(catalog["jurisdictions"], catalog["articles"], catalog["in_force"]),
+                               Catalog(catalog["jurisdictions"], catalog["articles"], catalog["in_force"],
+                                       catalog.get("parts", {})),
                                jurisdiction, self.retriever.store.embedder, self.answerability, decision.query_vector,
                                as_of=day.isoformat())
             timings["decide"] = _ms(t)
@@ -225,7 +244,18 @@ class AnswerPipeline:
         cited: dict[int, str] = {}
         possibly_related: list[dict] = []
         grounded, dropped = False, []
-        if prep.decision is not None:
+        if prep.correction is not None:
+            c = prep.correction.correction
+            status, mode, grounded = "answered", "correction", True
+            claims.append(Claim(c.answer, [1]))
+            cited[1] = c.answer
+            searched |= {"correction": {"id": c.id, "similarity": round(prep.correction.similarity, 4),
+                                        "threshold": self.memory.scope.threshold if self.memory else None}}
+            summary = c.answer
+            verification = (f"correction {c.id}, accepted {c.created_at[:10]} by {c.actor}"
+                            + (f", approved by {', '.join(a['actor'] for a in c.approvals)}" if c.approvals else "")
+                            + f"; quoted verbatim from its record [1]")
+        elif prep.decision is not None:
             searched |= prep.decision.searched()
             status = prep.decision.status
             if status == "answered" and result is not None and prep.quoting is not None:
@@ -348,6 +378,8 @@ def _grounded_summary(status: str, prep: Prepared, claims: list[Claim], mode: st
 def _render(summary: str, claims: list[Claim], mode: str) -> str:
     if mode == "free" or not claims:
         return summary
+    if mode == "correction":
+        return f"{summary} [1] (an accepted correction)"
     lines = [summary] + [f"{''.join(f'[{n}]' for n in c.citations)} \u201c{c.text}\u201d" for c in claims]
     return "\n".join(lines)
 
@@ -358,7 +390,7 @@ def _citation(n: int, hit: Hit, quote: str) -> Citation:
                     part=c.get("part"), clause=c.get("clause"), edition_date=c.get("edition_date"),
                     valid_from=c.get("valid_from"), valid_to=c.get("valid_to"), uri=c.get("uri"),
                     sha256=passage_sha256(hit.text), exact_quote=quote, label=hit.label, score=hit.score,
-                    chunk_id=hit.chunk_id)
+                    chunk_id=hit.chunk_id, correction=c.get("correction"))
 
 
 def _ms(since: float) -> float:

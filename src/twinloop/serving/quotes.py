@@ -30,12 +30,13 @@ space (``ĠThe``): the marker ``[n]`` is followed directly by the quote.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+
+from twinloop.serving.sentences import spans, with_antecedent
 
 MAX_CLAIMS = 2
 """Claims per answer: enough for a rule and its exception; more is a wall of quotes (and
@@ -45,9 +46,6 @@ MIN_QUOTE_TOKENS = 4
 MAX_PASSAGES = 9
 """Passages a marker can name: ``[1]``–``[9]``, each one token."""
 
-_TERMINATOR = re.compile(r"[.!?;:](?=[\s\"'”)\]]|$)")
-_BREAK = re.compile(r"\n+")
-_SENTENCE_START = re.compile(r"(?:^|(?<=[.!?;:])\s+|\n+)(?=\S)")
 
 
 @dataclass(frozen=True)
@@ -75,9 +73,11 @@ def quotable(tokenizer: Any, text: str) -> QuotablePassage:
     enc = tokenizer(" " + text, add_special_tokens=False, return_offsets_mapping=True)
     ids = tuple(int(i) for i in enc["input_ids"])
     offsets = tuple((a - 1, b - 1) for a, b in enc["offset_mapping"])  # (start, end) in ``text``
-    sentence_starts = {m.end() for m in _SENTENCE_START.finditer(text)}
-    sentence_ends = ({m.end() for m in _TERMINATOR.finditer(text)} | {len(text.rstrip())}
-                     | {len(text[:m.start()].rstrip()) for m in _BREAK.finditer(text)})
+    found = spans(text)
+    # A quote may start where a sentence starts, unless that sentence points back ("It…"):
+    # then only with the sentence before it, so the quote says what "it" is.
+    sentence_starts = {a for a, _ in with_antecedent(text, found)}
+    sentence_ends = {b for _, b in found}
     starts, ends = set(), set()
     for i, (a, b) in enumerate(offsets):
         span = text[max(a, 0):b]

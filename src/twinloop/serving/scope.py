@@ -27,7 +27,9 @@ JURISDICTION_CODE = re.compile(r"^[A-Z]{2}(?:-[A-Z0-9]{1,3})?$")
 """ISO 3166-1 alpha-2, the EU's "EU", optionally a subdivision: ``DE``, ``EU``, ``US-CA``."""
 
 _ARTICLE = re.compile(
-    r"(?:\bart(?:icle|\.)?s?\s*|§§?\s*|\bsection\s+|\bparagraph\s+)(\d{1,4})\s*([a-z])?\b", re.IGNORECASE)
+    r"(?:\bart(?:icle|\.)?s?\s*|§§?\s*|\bsection\s+|\bparagraph\s+)(\d{1,4})(\s*)([a-z])?\b", re.IGNORECASE)
+_PARAGRAPH = re.compile(r"\s*(?:\((\d{1,3})\)|(?:abs\.?|absatz|para(?:graph)?\.?)\s*(\d{1,3})\b)", re.IGNORECASE)
+"""A paragraph right after an article: "Article 83(10)", "§ 42 Abs. 1", "Art. 6 paragraph 4"."""
 
 
 def check_jurisdiction(value: Any) -> str | None:
@@ -55,6 +57,9 @@ class Catalog:
     in_force: dict[str, dict[str, tuple[tuple[str | None, str | None], ...]]] = field(default_factory=dict)
     """Code → article → the ``(from, to)`` intervals its editions are in force (ISO dates, None
     open). Empty for a code whose documents carry no dates."""
+    parts: dict[str, dict[str, frozenset[str]]] = field(default_factory=dict)
+    """Code → article → its numbered paragraphs held (any edition); an article stored whole
+    (one unnumbered paragraph) has none."""
 
     def held_on(self, code: str, article: str, day: str) -> bool | None:
         """Whether an edition of ``code``'s ``article`` is in force on ``day``; None when the
@@ -167,12 +172,33 @@ def out_of_scope(question: str, domains: list[str], catalog: Catalog, jurisdicti
                                 {"source": src.code, "jurisdiction": src.jurisdiction})
     for src in dict.fromkeys(s[2] for s in sorted(named, key=lambda s: s[0])):
         stored = [c for c in src.stored_as if c in catalog.articles]
+        if as_of is not None:
+            # No edition of the source in force that day: the index does not hold the law the
+            # question asks about, whatever later or earlier editions say.
+            on_day = [catalog.held_on(c, a, as_of) for c in stored for a in catalog.articles[c]]
+            if on_day and all(v is False for v in on_day):
+                return ScopeVerdict(f"The index holds {src.code} only in editions not in force on {as_of}.",
+                                    {"source": src.code, "as_of": as_of})
         for m in _ARTICLE.finditer(question):
-            number = m.group(1) + (m.group(2) or "").lower()
-            found = [(c, a) for c in stored for a in (number, m.group(1)) if a in catalog.articles[c]]
+            number = m.group(1) + (m.group(3) or "").lower()
+            found = [(c, number) for c in stored if number in catalog.articles[c]]
+            if not found and m.group(3) and m.group(2):
+                # "Article 6 a": the letter may be a point of the article, not part of its number.
+                found = [(c, m.group(1)) for c in stored if m.group(1) in catalog.articles[c]]
             if not found:
                 return ScopeVerdict(f"The index holds no article {number} of {src.code}.",
                                     {"source": src.code, "article": number})
+            para = _PARAGRAPH.match(question, m.end())
+            if para is not None:
+                asked = para.group(1) or para.group(2)
+                held_parts = [catalog.parts.get(c, {}).get(a) for c, a in found]
+                # An article stored whole has no numbered paragraphs: "(1)" of it is the article.
+                if all(ps and asked not in ps for ps in held_parts) or (
+                        all(not ps for ps in held_parts) and asked != "1"):
+                    known = sorted({p for ps in held_parts if ps for p in ps}, key=lambda p: (len(p), p))
+                    return ScopeVerdict(f"The index holds no paragraph {asked} of article {number} of {src.code}"
+                                        + (f" (it holds paragraphs {', '.join(known)})." if known else "."),
+                                        {"source": src.code, "article": number, "paragraph": asked})
             if as_of is not None:
                 on_day = [catalog.held_on(c, a, as_of) for c, a in found]
                 if on_day and all(v is False for v in on_day):

@@ -79,8 +79,11 @@ class Service:
         self.requestlog = RequestLog(runtime.db, salt=self.settings.canary.salt)
         self.adapters = AdapterRegistry(runtime.foundation)
         self.engine = GenerationEngine(runtime.foundation, self.adapters, self.settings.serving)
+        from twinloop.serving.memory import CorrectionMemory
+
+        self.memory = CorrectionMemory(runtime.corrections, runtime.embedder, runtime.lineage)
         self.pipeline = AnswerPipeline(runtime.retriever, runtime.domains, self.requestlog, self.settings.serving,
-                                       max_query_chars=self.settings.api.max_query_chars)
+                                       max_query_chars=self.settings.api.max_query_chars, memory=self.memory)
         # Mirror traffic (canary mode "mirror") is answered and thrown away: its pipeline
         # logs to memory only, so the request log keeps one record per user request.
         from twinloop.serving.dryrun import DryRunLog, dry_run_pipeline

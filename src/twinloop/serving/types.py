@@ -85,6 +85,9 @@ class Citation:
     score: float
     """Retrieval score of the passage."""
     chunk_id: int
+    correction: dict[str, Any] | None = None
+    """For an accepted correction: its provenance (id, feedback item, who accepted and
+    approved it, when, the release it was accepted under, its source)."""
 
 
 @dataclass(frozen=True)
@@ -121,9 +124,10 @@ class AnswerRecord:
     """The whole answer as text (summary, then each claim with its markers): chat content."""
     grounded: bool
     """Every claim is a verbatim span of a passage it cites."""
-    mode: Literal["generated", "extractive", "free", "refused"]
+    mode: Literal["generated", "extractive", "free", "refused", "correction"]
     """generated: the model chose the quotes (constrained); extractive: the best sentences
-    were quoted without the model; free: a domain that needs no citations; refused: no claim."""
+    were quoted without the model; free: a domain that needs no citations; refused: no claim;
+    correction: the question falls under an accepted correction, whose answer is quoted."""
     as_of: str | None
     jurisdiction: str | None
     searched: dict[str, Any]
