@@ -222,3 +222,27 @@ def test_metrics_parse(http, ingested):
     assert {"route", "retrieve", "decide", "generate", "assemble"} <= stages
     tps = [s for s in families["twinloop_engine_tokens_per_second"].samples if s.name.endswith("_count")]
     assert tps and tps[0].value > 0
+
+
+def test_a_correction_is_served_at_once_and_cited_with_its_provenance(http, ingested):
+    question = "Which regulator supervises the Quellmark exchange?"
+    before = http.post("/v1/answer", json={"query": question, "domain": "general"}, headers=auth("reader")).json()
+    r = http.post("/v1/corrections", json={"domain": "general", "question": question, "answer": "The Orvane Authority",
+                                           "source": "Quellmark rulebook, 2026 edition"}, headers=auth("operator"))
+    assert r.status_code == 201, r.text
+    made = r.json()
+    assert made["state"] == "active" and made["revision"] is not None
+    for asked in (question, "Who is the supervisor of the Quellmark exchange?"):
+        rec = http.post("/v1/answer", json={"query": asked, "domain": "general"}, headers=auth("reader")).json()
+        assert rec["mode"] == "correction" and rec["summary"] == "The Orvane Authority", rec
+        cite = rec["citations"][0]
+        assert cite["uri"] == made["uri"] and cite["exact_quote"] == "The Orvane Authority"
+        assert cite["correction"]["correction_id"] == made["id"] and cite["correction"]["source"].startswith("Quell")
+    other = http.post("/v1/answer", json={"query": "What is the capital of France?", "domain": "general"},
+                      headers=auth("reader")).json()
+    assert other["mode"] != "correction"
+    assert before["mode"] != "correction"
+    assert http.post(f"/v1/corrections/{made['id']}/remove", json={"reason": "test"},
+                     headers=auth("operator")).json()["state"] == "removed"
+    after = http.post("/v1/answer", json={"query": question, "domain": "general"}, headers=auth("reader")).json()
+    assert after["mode"] != "correction"

@@ -110,7 +110,10 @@ def test_a_claim_ends_only_at_a_sentence_end(tok):
 def test_quotes_start_at_sentence_and_clause_starts(tok):
     qs = quotable(tok, PASSAGES[1])
     starts = {tok.decode(qs.ids[i:i + 3]).strip() for i in qs.starts}
-    assert starts == {"Fin", "Mem", "the"}  # "...; they shall notify": a clause may be quoted alone
+    # "...; they shall notify": a clause that points back is quoted only with what it points to.
+    assert starts == {"Fin", "Mem"}
+    clause = quotable(tok, "Member States may lay down rules; each Member State shall notify them.")
+    assert {tok.decode(clause.ids[i:i + 3]).strip()[:3] for i in clause.starts} == {"Mem", "eac"}
 
 
 def test_the_same_sentence_is_not_quoted_twice(tok):

@@ -143,13 +143,23 @@ def eval_(
     methods: Annotated[
         str | None, typer.Option(help="Comma-separated methods, e.g. Static,NaiveAdapters,TwinLoop.")
     ] = None,
+    edits: Annotated[int | None, typer.Option(
+        "--edits", help="Instead: N sequential corrections of made-up facts (correction memory), probed for "
+                        "reliability, generalisation and locality at T=1, 10, 100 and N.")] = None,
+    seeds: Annotated[str, typer.Option(help="With --edits: comma-separated seeds (the order of the edits).")] = "0,1,2",
     json_out: JsonFlag = False,
 ) -> None:
     """Continual-learning experiment: domains in sequence, Static vs adapters vs TwinLoop
     vs ablations vs full fine-tune; accuracy matrix, ACC, forgetting, BWT, cost, availability.
+    With --edits N: the sequential-corrections evaluation instead (on a scratch copy of the data
+    directory).
 
-    Writes results.json (and, with --full, report.md with PNG plots) to the results folder.
+    Writes results.json (and, with --full, report.md with PNG plots) to the results folder;
+    --edits writes edits.json and edits.md (default docs/eval).
     """
+    if edits is not None:
+        _eval_edits(edits, seeds, out_dir or Path("docs/eval"), json_out)
+        return
     from twinloop.showcase.experiments.continual import full_config, quick_config, run
 
     overrides: dict[str, Any] = {}
@@ -179,3 +189,31 @@ def eval_(
     summary = ({k: v for k, v in doc.items() if k != "methods"}
                | {"methods": {n: {k: v for k, v in m.items() if k != "steps"} for n, m in doc["methods"].items()}})
     emit(summary, json_out, render)
+
+
+def _eval_edits(n: int, seeds: str, target: Path, json_out: bool) -> None:
+    from twinloop.kernel.errors import InvalidInputError
+    from twinloop.showcase.experiments.edits import EditsConfig, run
+
+    try:
+        seed_list = tuple(int(x) for x in seeds.split(",") if x.strip())
+    except ValueError:
+        raise InvalidInputError(f"--seeds {seeds!r}: must be comma-separated integers") from None
+    if not seed_list:
+        raise InvalidInputError("--seeds: give at least one seed")
+    s = settings()
+    try:
+        doc = run(s, EditsConfig(n=n, seeds=seed_list), target,
+                  log=lambda line: err.print(line, highlight=False))
+    except ValueError as e:
+        raise InvalidInputError(str(e)) from None
+
+    def render(_doc) -> Any:
+        t = table(f"Sequential corrections (memory, {n} edits, {len(seed_list)} seeds, {doc['seconds']:.0f} s) → "
+                  f"{target}", ("T", "reliability", "generalisation", "locality"))
+        for row in doc["summary"]:
+            t.add_row(str(row["T"]), *(f"{row[k]['mean']:.3f}" for k in ("reliability", "generalisation",
+                                                                          "locality")))
+        return t
+
+    emit({k: v for k, v in doc.items() if k != "per_seed"}, json_out, render)

@@ -62,7 +62,7 @@ def default_scope() -> ScopeModel:
     return ScopeModel.from_dict(json.loads(text))
 
 
-def subject_words(correction: Correction) -> set[str]:
+def subject_words(correction: Any) -> set[str]:
     """The words that name what a correction is about: its subject's, else its question's names."""
     text = correction.subject or ""
     if not text:
@@ -80,6 +80,19 @@ def names_subject(question: str, words: set[str]) -> bool:
         return True  # nothing names it (a general question): the similarity alone decides
     asked = {w.casefold()[:5] for w in _WORD.findall(question)}
     return any(w[:5] in asked for w in words)
+
+
+def nearest_in_scope(question: str, query_vector: np.ndarray, candidates: list[Any], vectors: np.ndarray,
+                     threshold: float) -> tuple[int, float] | None:
+    """The index and similarity of the correction ``question`` falls under, or None: among the
+    ``candidates`` (with ``question`` and ``subject``) whose subject it names, the nearest by
+    cosine of the (normalised) question ``vectors``, if it reaches ``threshold``."""
+    named = [i for i, c in enumerate(candidates) if names_subject(question, subject_words(c))]
+    if not named:
+        return None
+    sims = vectors[named] @ np.asarray(query_vector, dtype=np.float32).reshape(-1)
+    best = int(np.argmax(sims))
+    return (named[best], float(sims[best])) if float(sims[best]) >= threshold else None
 
 
 @dataclass(frozen=True)
@@ -119,19 +132,16 @@ class CorrectionMemory:
             return None
         served = self.lineage(release_id)
         candidates = [c for c in candidates if c.release_id is None or c.release_id in served]
-        candidates = [c for c in candidates if names_subject(question, subject_words(c))]
         if not candidates:
             return None
         q = np.asarray(query_vector if query_vector is not None else self.embedder.encode([question])[0],
                        dtype=np.float32).reshape(-1)
-        vecs = self._question_vectors(candidates)
-        sims = vecs @ q
-        best = int(np.argmax(sims))
-        if float(sims[best]) < self.scope.threshold:
+        found = nearest_in_scope(question, q, candidates, self._question_vectors(candidates), self.scope.threshold)
+        if found is None:
             return None
-        c = candidates[best]
-        hit = self._hit(c, float(sims[best]))
-        return None if hit is None else Match(c, float(sims[best]), hit)
+        c, similarity = candidates[found[0]], found[1]
+        hit = self._hit(c, similarity)
+        return None if hit is None else Match(c, similarity, hit)
 
     def _question_vectors(self, candidates: list[Correction]) -> np.ndarray:
         with self._lock:

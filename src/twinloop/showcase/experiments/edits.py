@@ -1,0 +1,161 @@
+"""Sequential corrections measured like knowledge editing: reliability, generalisation, locality.
+
+``twinloop eval --edits N`` (docs/DESIGN.md "Facts measured here"). On a scratch copy of the
+data directory (the user's is never written), for each seed: the held-out half of
+``packs/eval/edits.jsonl`` (made-up facts no model can know) in a seeded order; every fact's
+unrelated question is answered once before any edit; then the facts are corrected one by one
+through the product's own path (``Runtime.correct``, then ``Service.answer`` on the real
+models), and after T = 1, 10, 100 and N edits the first T facts are probed under free, greedy
+generation — right means the answer text contains the target (or an alias), as in "The Mirage
+of Model Editing" rather than teacher forcing:
+
+- reliability: the corrected question;
+- generalisation: its two paraphrases;
+- locality: the unrelated question's answer is the same text as before any edit.
+
+Also the time from accepting a correction to a served, cited answer (p50/p95), and 95 %
+intervals over seeds (Student t). What this measures is correction *memory*: serving the
+correction through the adapters after consolidation is not built yet, and the report says so.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from twinloop.kernel.stats import percentile
+
+CHECKPOINTS = (1, 10, 100)
+"""T at which the first T facts are probed (and at N, the number of edits)."""
+T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+"""Two-sided 95 % Student t quantiles by degrees of freedom (more: 1.96 is close enough)."""
+
+
+def load_edits(split: str = "test") -> list[dict[str, Any]]:
+    """The facts of ``split``: ``test`` the odd lines (this evaluation), ``calibration`` the even
+    ones (``scripts/calibrate_correction_scope.py`` fits the scope threshold on those)."""
+    text = resources.files("twinloop.packs").joinpath("eval", "edits.jsonl").read_text("utf-8")
+    rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+    return rows[1::2] if split == "test" else rows[0::2]
+
+
+def contains(answer: str, row: dict[str, Any]) -> bool:
+    text = answer.casefold()
+    return any(t.casefold() in text for t in [row["answer"], *row.get("answer_aliases", [])])
+
+
+def interval(values: list[float]) -> dict[str, float | None]:
+    """Mean and 95 % half-width over seeds (None with one seed)."""
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return {"mean": mean, "ci95": None}
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    return {"mean": mean, "ci95": T95.get(n - 1, 1.96) * sd / math.sqrt(n)}
+
+
+@dataclass
+class EditsConfig:
+    n: int = 100
+    seeds: tuple[int, ...] = (0, 1, 2)
+    max_tokens: int = 24
+    checkpoints: tuple[int, ...] = field(default_factory=lambda: CHECKPOINTS)
+
+
+def run(settings, config: EditsConfig, out_dir: Path, *, log=print) -> dict[str, Any]:
+    """Run the evaluation on a scratch copy of ``settings.data_dir``; write ``edits.json`` and
+    ``edits.md`` to ``out_dir`` and return the results."""
+    from twinloop.runtime import Runtime
+    from twinloop.serving.pipeline import AnswerRequest
+    from twinloop.serving.service import Service
+
+    facts = load_edits("test")
+    if not 1 <= config.n <= len(facts):
+        raise ValueError(f"--edits {config.n}: must be between 1 and {len(facts)} (the held-out facts)")
+    started = time.perf_counter()
+    per_seed = []
+    for seed in config.seeds:
+        order = random.Random(seed).sample(facts, config.n)
+        scratch = Path(tempfile.mkdtemp(prefix="twinloop-edits-"))
+        try:
+            if Path(settings.data_dir).exists():
+                shutil.copytree(settings.data_dir, scratch / "data", ignore=shutil.ignore_patterns("*.lock", "jobs"))
+            rt = Runtime(settings.model_copy(update={"data_dir": scratch / "data"}))
+            svc = Service(rt)
+            svc.start()
+            try:
+                def ask(question: str, domain: str) -> dict[str, Any]:
+                    req = AnswerRequest(query=question, domain=domain, max_tokens=config.max_tokens)
+                    return svc.answer(req).to_dict()
+
+                before = {r["id"]: ask(r["locality"], r["domain"])["text"] for r in order}
+                latencies, points = [], []
+                marks = sorted({t for t in config.checkpoints if t < config.n} | {config.n})
+                for t, row in enumerate(order, start=1):
+                    t0 = time.perf_counter()
+                    made = rt.correct(row["domain"], row["question"], row["answer"], actor="eval:edits")
+                    for k in range(made.approvals_required):  # law and med: two other reviewers
+                        rt.corrections.approve(made.id, actor=f"eval:reviewer-{k + 1}")
+                    served = ask(row["question"], row["domain"])
+                    latencies.append((time.perf_counter() - t0) * 1000)
+                    if served["mode"] != "correction":
+                        log(f"seed {seed} edit {t}: not served from memory ({served['status']})")
+                    if t in marks:
+                        done = order[:t]
+                        rel = [contains(ask(r["question"], r["domain"])["text"], r) for r in done]
+                        gen = [contains(ask(p, r["domain"])["text"], r) for r in done for p in r["paraphrases"]]
+                        loc = [ask(r["locality"], r["domain"])["text"] == before[r["id"]] for r in done]
+                        points.append({"T": t, "reliability": sum(rel) / len(rel),
+                                       "generalisation": sum(gen) / len(gen), "locality": sum(loc) / len(loc)})
+                        log(f"seed {seed} T={t}: " + ", ".join(f"{k} {v:.3f}" for k, v in points[-1].items()
+                                                             if k != "T"))
+                per_seed.append({"seed": seed, "points": points,
+                                 "latency_ms": {"p50": percentile(latencies, 50), "p95": percentile(latencies, 95)}})
+            finally:
+                svc.stop()
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+    summary = []
+    for i, point in enumerate(per_seed[0]["points"]):
+        summary.append({"T": point["T"], **{k: interval([s["points"][i][k] for s in per_seed])
+                                            for k in ("reliability", "generalisation", "locality")}})
+    doc = {"benchmark": "edits", "mode": "memory", "n": config.n, "seeds": list(config.seeds),
+           "facts_file": "packs/eval/edits.jsonl (odd lines: held out from scope calibration)",
+           "max_tokens": config.max_tokens, "seconds": round(time.perf_counter() - started, 1),
+           "summary": summary,
+           "latency_ms": {k: interval([s["latency_ms"][k] for s in per_seed]) for k in ("p50", "p95")},
+           "per_seed": per_seed}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "edits.json").write_text(json.dumps(doc, indent=2) + "\n", "utf-8")
+    (out_dir / "edits.md").write_text(markdown(doc), "utf-8")
+    return doc
+
+
+def _fmt(cell: dict[str, float | None]) -> str:
+    return f"{cell['mean']:.3f}" + (f" ± {cell['ci95']:.3f}" if cell["ci95"] is not None else "")
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    lines = [f"# Sequential corrections (correction memory, {doc['n']} edits, seeds {doc['seeds']})", "",
+             f"`twinloop eval --edits {doc['n']}` on the real models; free greedy generation, right = the answer "
+             "contains the target; locality = the unrelated question's answer unchanged; ± is a 95 % interval "
+             f"over seeds. {doc['seconds']:.0f} s.", "",
+             "| T | reliability | generalisation | locality |", "|---|---|---|---|"]
+    for row in doc["summary"]:
+        lines.append(f"| {row['T']} | {_fmt(row['reliability'])} | {_fmt(row['generalisation'])} | "
+                     f"{_fmt(row['locality'])} |")
+    lat = doc["latency_ms"]
+    lines += ["", f"Correction → served, cited answer: p50 {_fmt(lat['p50'])} ms, p95 {_fmt(lat['p95'])} ms.", "",
+              "For comparison (teacher-forced, ZsRE on LLaMA-2-7B; WISE, Wang et al. 2024, Table 2), Rel/Gen/Loc: "
+              "WISE .90/.81/1.00 at T=100 and .77/.72/1.00 at T=1000; GRACE .96/.15/1.00 and .93/.08/1.00. Under "
+              "free generation (\"The Mirage of Model Editing\", 2025) WISE's reliability at T=1000 falls to .215 "
+              "and GRACE's to .025. Adapters alone after consolidation are not measured yet.", ""]
+    return "\n".join(lines)
