@@ -73,9 +73,11 @@ def main(argv: list[str] | None = None) -> int:
         hits = [nearest_in_scope(q, v, facts, vectors, t) for (q, _), v in zip(must, mv, strict=True)]
         right = sum(h is not None and h[0] == i for h, (_, i) in zip(hits, must, strict=True))
         wrong = sum(h is not None and h[0] != i for h, (_, i) in zip(hits, must, strict=True))
-        false = sum(nearest_in_scope(q, v, facts, vectors, t) is not None for q, v in zip(must_not, nv, strict=True))
+        false = [nearest_in_scope(q, v, facts, vectors, t) is not None for q, v in zip(must_not, nv, strict=True)]
         table.append({"threshold": t, "matched_own": right / len(must), "matched_other": wrong / len(must),
-                      "false_matches": false / len(must_not)})
+                      "false_matches": sum(false) / len(must_not),
+                      "false_unrelated": sum(false[:len(rows)]) / len(rows),
+                      "false_same_subject": sum(false[len(rows):]) / max(1, len(must_not) - len(rows))})
     ok = [row for row in table if row["false_matches"] <= args.false_rate]
     if not ok:
         print(f"no threshold keeps false matches under {args.false_rate}", file=sys.stderr)

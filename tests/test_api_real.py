@@ -232,7 +232,7 @@ def test_a_correction_is_served_at_once_and_cited_with_its_provenance(http, inge
     assert r.status_code == 201, r.text
     made = r.json()
     assert made["state"] == "active" and made["revision"] is not None
-    for asked in (question, "Who is the supervisor of the Quellmark exchange?"):
+    for asked in (question, "The Quellmark exchange is supervised by which regulator?"):
         rec = http.post("/v1/answer", json={"query": asked, "domain": "general"}, headers=auth("reader")).json()
         assert rec["mode"] == "correction" and rec["summary"] == "The Orvane Authority", rec
         cite = rec["citations"][0]

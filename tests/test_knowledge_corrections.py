@@ -80,3 +80,19 @@ def test_unknown_domain_and_id(tiny_runtime):
         tiny_runtime.corrections.get("abc")
     with pytest.raises(InvalidInputError, match="state"):
         tiny_runtime.corrections.list(state="gone")
+
+
+def test_a_correction_never_changes_what_a_search_returns(tiny_runtime):
+    rt = tiny_runtime
+    rt.knowledge.ingest("general", [{"text": "Brennor Dynamics builds turbines in Port Dresny.", "uri": "u:1"},
+                                    {"text": "The chief executive of a company leads its board.", "uri": "u:2"}])
+
+    def search():
+        hits = rt.retriever.view().search(Q, ["general"], k=5, mode="hybrid").hits
+        return [(h.chunk_id, round(h.score, 6)) for h in hits], [h.citation.get("code") for h in hits]
+
+    before, _ = search()
+    rt.correct("general", Q, A, actor="op-1")
+    after, codes = search()
+    assert after == before and CORRECTION_CODE not in codes
+    assert CORRECTION_CODE not in rt.retriever.catalog()["articles"]

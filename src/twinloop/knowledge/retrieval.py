@@ -27,6 +27,7 @@ from typing import Literal
 import numpy as np
 
 from twinloop.kernel.errors import InvalidInputError
+from twinloop.knowledge.corrections import CORRECTION_CODE
 from twinloop.knowledge.document import citation_label
 from twinloop.knowledge.store import KnowledgeStore
 
@@ -144,7 +145,8 @@ class Retriever:
                 return self._catalogs[key]
         rows = self.store.db.conn.execute(
             "SELECT DISTINCT domain, jurisdiction, code, article, part, in_force_from, valid_to FROM kn_documents "
-            "WHERE erased = 0 AND added_rev <= ? AND (removed_rev IS NULL OR removed_rev > ?)", (rev, rev)).fetchall()
+            "WHERE erased = 0 AND added_rev <= ? AND (removed_rev IS NULL OR removed_rev > ?) "
+            "AND (code IS NULL OR code != ?)", (rev, rev, CORRECTION_CODE)).fetchall()
         jurisdictions: dict[str, set[str]] = {}
         articles: dict[str, set[str]] = {}
         in_force: dict[str, dict[str, set[tuple[str | None, str | None]]]] = {}
@@ -171,6 +173,9 @@ class Retriever:
             self._catalogs = {key: found}  # only the newest view is asked for in practice
         return found
 
+    # Correction documents are never eligible: correction memory serves them to the questions
+    # in their scope (serving/memory.py); as passages they would take a place in the top k of
+    # unrelated questions and change their answers (docs/DESIGN.md "Learning").
     # The chunks a (domain, revision, as-of, jurisdiction) may see are fixed for a revision,
     # so an LRU cache makes repeated queries cheap. The newest revision is part of the key:
     # an erasure (a new revision) must hide text from old pinned views too.
@@ -191,6 +196,7 @@ class Retriever:
                   AND (in_force_from IS NULL OR in_force_from <= :d)
                   AND (valid_to IS NULL OR valid_to > :d)
                   AND (:jur IS NULL OR jurisdiction = :jur)
+                  AND (code IS NULL OR code != :correction)
             ),
             ranked AS (
                 SELECT id, ROW_NUMBER() OVER (
@@ -204,7 +210,7 @@ class Retriever:
             )
             SELECT c.id FROM kn_chunks c JOIN docs ON docs.id = c.doc_id ORDER BY c.id
             """,
-            {"domain": domain, "rev": revision, "d": d, "jur": jurisdiction},
+            {"domain": domain, "rev": revision, "d": d, "jur": jurisdiction, "correction": CORRECTION_CODE},
         ).fetchall()
         ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
         found = Eligible(ids, frozenset(ids.tolist()))

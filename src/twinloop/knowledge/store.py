@@ -32,6 +32,7 @@ from twinloop.kernel.db import Database
 from twinloop.kernel.errors import InvalidInputError, UnknownDomainError
 from twinloop.knowledge.chunking import chunk_text
 from twinloop.knowledge.document import Document, article_ref
+from twinloop.knowledge.corrections import CORRECTION_CODE
 from twinloop.knowledge.vectors import VectorIndex
 
 log = logging.getLogger(__name__)
@@ -257,7 +258,8 @@ class KnowledgeStore:
                     "INSERT INTO kn_chunks(doc_id, domain, seq, text, vector) VALUES (?,?,?,?,?)",
                     (doc_ids[i], domain, seq, text, vec.astype(np.float32).tobytes()),
                 ).lastrowid
-                conn.execute("INSERT INTO kn_fts(rowid, body) VALUES (?, ?)", (cid, body))
+                if new[i][1].code != CORRECTION_CODE:  # never searched, so BM25's statistics stay the sources'
+                    conn.execute("INSERT INTO kn_fts(rowid, body) VALUES (?, ?)", (cid, body))
         return int(rev)
 
     def remove(self, domain: str, *, doc_ids: Sequence[int] = (), uris: Sequence[str] = (),

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from twinloop.kernel.errors import ConfigError
-from twinloop.knowledge.corrections import CORRECTION_CODE, Correction, CorrectionStore
+from twinloop.knowledge.corrections import Correction, CorrectionStore
 from twinloop.knowledge.retrieval import Hit
 from twinloop.serving.evidence import STOPWORDS
 
@@ -164,8 +164,3 @@ class CorrectionMemory:
         return Hit(chunk_id=int(row[2]), doc_id=int(row[0]), domain=c.domain, text=c.text, citation=citation,
                    label=f"Correction {c.id} [{c.created_at[:10]}]", score=round(similarity, 6), dense=similarity,
                    bm25=None)
-
-
-def is_correction(hit: Hit) -> bool:
-    """A correction's document: served through :class:`CorrectionMemory`, never as a passage."""
-    return hit.citation.get("code") == CORRECTION_CODE

@@ -23,7 +23,7 @@ from twinloop.kernel.errors import InvalidInputError
 from twinloop.knowledge.domains import DomainRegistry
 from twinloop.knowledge.retrieval import Hit, Retriever, parse_date
 from twinloop.serving.evidence import Answerability, default_answerability
-from twinloop.serving.memory import CorrectionMemory, Match, is_correction
+from twinloop.serving.memory import CorrectionMemory, Match
 from twinloop.serving.grounded import (
     POSSIBLY_RELATED,
     Decision,
@@ -172,8 +172,6 @@ class AnswerPipeline:
         searchable = [d for d in domains if d != "general" or req.domain == "general"]
         passages = (view.search(req.query, searchable, as_of=day, jurisdiction=jurisdiction,
                                 query_vector=decision.query_vector).hits if searchable else [])
-        # A correction answers the questions in its scope and no other: never as a passage.
-        passages = [h for h in passages if not is_correction(h)]
         timings["retrieve"] = _ms(t)
 
         grounding = None
