@@ -83,6 +83,8 @@ CASES = [
      422, "extra"),
     ("get", "/v1/corrections/999999", "op-a-key-000001", None, 404, "999999"),
     ("get", "/v1/corrections/abc", "op-a-key-000001", None, 422, ""),
+    ("get", "/v1/corrections/99999999999999999999999", "op-a-key-000001", None, 404, ""),
+    ("get", "/v1/corrections/-5", "op-a-key-000001", None, 404, ""),
     ("post", "/v1/corrections/999999/approve", "op-b-key-000001", {}, 404, ""),
     ("post", "/v1/corrections/999999/remove", "op-b-key-000001", {}, 404, ""),
     ("get", "/v1/corrections?state=gone", "op-a-key-000001", None, 422, "state"),
@@ -97,3 +99,10 @@ def test_bad_requests(http, method, path, who, body, status, says):
     assert r.status_code == status, r.text
     assert says in r.text
     assert "error" in r.json()
+
+
+def test_a_correction_too_long_for_memory_is_still_accepted_feedback(http):
+    first = ask(http, "Where are Brennor Dynamics' headquarters?", "general")
+    r = http.post("/v1/feedback", json={"request_id": first["request_id"], "score": -1,
+                                        "correction": "Port Dresny. " * 300}, headers=key("op-a-key-000001"))
+    assert r.status_code == 201 and r.json()["status"] == "accepted" and r.json()["correction_id"] is None

@@ -64,6 +64,8 @@ def test_erasing_wipes_the_text(tiny_runtime):
     ({"domain": "general", "question": "x" * 2001, "answer": A}, "question is 2001 characters"),
     ({"domain": "general", "question": Q, "answer": A, "source": 7}, "source"),
     ({"domain": None, "question": Q, "answer": A}, "domain"),
+    ({"domain": "general", "question": Q, "answer": "Ilsa \ud800"}, "Unicode"),
+    ({"domain": "general", "question": Q, "answer": A, "source": "\udfff"}, "Unicode"),
 ])
 def test_bad_fields_are_named(tiny_runtime, fields, says):
     with pytest.raises(InvalidInputError, match=says):
@@ -96,3 +98,12 @@ def test_a_correction_never_changes_what_a_search_returns(tiny_runtime):
     after, codes = search()
     assert after == before and CORRECTION_CODE not in codes
     assert CORRECTION_CODE not in rt.retriever.catalog()["articles"]
+
+
+def test_notes_and_reasons_must_be_valid_text(tiny_runtime):
+    c = tiny_runtime.correct("law", "How long is the Veltrane notice period?", "21 days", actor="op-1")
+    with pytest.raises(InvalidInputError, match="note"):
+        tiny_runtime.corrections.approve(c.id, actor="rev-1", note="ok \ud800")
+    with pytest.raises(InvalidInputError, match="reason"):
+        tiny_runtime.corrections.remove(c.id, actor="rev-1", reason="x" * 2001)
+    assert tiny_runtime.corrections.get(c.id).state == "pending"

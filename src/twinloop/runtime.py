@@ -11,7 +11,7 @@ each (docs/DESIGN.md "Foundation"), and one release registry.
 from __future__ import annotations
 
 import json
-
+import logging
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -19,6 +19,7 @@ from typing import Any
 from twinloop.kernel.config import Settings
 from twinloop.kernel.datadir import DataDir
 
+log = logging.getLogger(__name__)
 
 @dataclass
 class Runtime:
@@ -93,8 +94,15 @@ class Runtime:
                 domains = json.loads(domains)
             domain = (domains or [None])[0]
             if domain is not None and request.get("query"):
-                made = self.correct(domain, request["query"], record.correction, actor=actor or "anonymous",
-                                    feedback_id=record.id)
+                from twinloop.kernel.errors import InvalidInputError
+
+                try:
+                    made = self.correct(domain, request["query"], record.correction, actor=actor or "anonymous",
+                                        feedback_id=record.id)
+                except InvalidInputError as e:
+                    # The feedback is stored and accepted for training either way; only a text
+                    # correction memory cannot hold (over its length limit) stays out of it.
+                    log.warning("feedback %s: correction not put in memory: %s", record.id, e)
         return record, made
 
     def lineage(self, release_id: str) -> frozenset[str]:

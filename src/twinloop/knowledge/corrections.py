@@ -118,12 +118,32 @@ def check_correction(domain: Any, question: Any, answer: Any, source: Any = None
             raise InvalidInputError(f"{name} = {value!r}: must be non-empty text")
         if len(value) > limit:
             raise InvalidInputError(f"{name} is {len(value)} characters, over the limit of {limit}")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate ("\ud800") JSON can carry and SQLite cannot store
+            raise InvalidInputError(f"{name} is not valid Unicode text (a lone UTF-16 surrogate)") from None
         out.append(value.strip())
     if source is not None and (not isinstance(source, str) or len(source) > 500):
         raise InvalidInputError(f"source = {source!r}: must be text of at most 500 characters")
+    if isinstance(source, str):
+        try:
+            source.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidInputError("source is not valid Unicode text (a lone UTF-16 surrogate)") from None
     if len(document_text(0, out[1], out[2])) + 20 > MAX_DOCUMENT_CHARS:
         raise InvalidInputError("question and answer together are too long for one document")
     return out[0], out[1], out[2], (source.strip() or None) if isinstance(source, str) else None
+
+
+def _note(name: str, value: Any) -> str:
+    """An approval's note or a removal's reason: text, valid Unicode, at most 2000 characters."""
+    if not isinstance(value, str) or len(value) > 2000:
+        raise InvalidInputError(f"{name} = {str(value)[:40]!r}: must be text of at most 2000 characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInputError(f"{name} is not valid Unicode text (a lone UTF-16 surrogate)") from None
+    return value
 
 
 def _now() -> str:
@@ -186,6 +206,7 @@ class CorrectionStore:
         """
         if not actor or not str(actor).strip():
             raise InvalidInputError(f"actor = {actor!r}: an approval must name its reviewer")
+        note = _note("note", note)
         c = self.get(cid)
         if c.state == "removed":
             raise InvalidInputError(f"correction {cid} was removed; it cannot be approved")
@@ -210,6 +231,7 @@ class CorrectionStore:
         Raises:
             CorrectionNotFoundError: Unknown id.
         """
+        reason = _note("reason", reason)
         c = self.get(cid)
         if c.state == "removed":
             return c
@@ -244,6 +266,8 @@ class CorrectionStore:
             key = int(cid)
         except (TypeError, ValueError):
             raise InvalidInputError(f"correction id = {cid!r}: must be an integer") from None
+        if not 0 < key < 2**63:  # SQLite's integers: a larger id cannot exist (and cannot be bound)
+            raise CorrectionNotFoundError(f"no correction with id {key}")
         row = self.db.conn.execute("SELECT * FROM corrections WHERE id=?", (key,)).fetchone()
         if row is None:
             raise CorrectionNotFoundError(f"no correction with id {key}")
