@@ -81,7 +81,8 @@ def run(settings, config: EditsConfig, out_dir: Path, *, log=print) -> dict[str,
     if not 1 <= config.n <= len(facts):
         raise ValueError(f"--edits {config.n}: must be between 1 and {len(facts)} (the held-out facts)")
     started = time.perf_counter()
-    per_seed = []
+    per_seed: list[dict[str, Any]] = []
+    doc: dict[str, Any] = {}
     for seed in config.seeds:
         order = random.Random(seed).sample(facts, config.n)
         scratch = Path(tempfile.mkdtemp(prefix="twinloop-edits-"))
@@ -123,20 +124,24 @@ def run(settings, config: EditsConfig, out_dir: Path, *, log=print) -> dict[str,
                 svc.stop()
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
+        # Written after every seed: a long run stopped early keeps the seeds it finished.
+        doc = _document(config, per_seed, time.perf_counter() - started)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "edits.json").write_text(json.dumps(doc, indent=2) + "\n", "utf-8")
+        (out_dir / "edits.md").write_text(markdown(doc), "utf-8")
+    return doc
+
+
+def _document(config: EditsConfig, per_seed: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
     summary = []
     for i, point in enumerate(per_seed[0]["points"]):
         summary.append({"T": point["T"], **{k: interval([s["points"][i][k] for s in per_seed])
                                             for k in ("reliability", "generalisation", "locality")}})
-    doc = {"benchmark": "edits", "mode": "memory", "n": config.n, "seeds": list(config.seeds),
-           "facts_file": "packs/eval/edits.jsonl (odd lines: held out from scope calibration)",
-           "max_tokens": config.max_tokens, "seconds": round(time.perf_counter() - started, 1),
-           "summary": summary,
-           "latency_ms": {k: interval([s["latency_ms"][k] for s in per_seed]) for k in ("p50", "p95")},
-           "per_seed": per_seed}
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "edits.json").write_text(json.dumps(doc, indent=2) + "\n", "utf-8")
-    (out_dir / "edits.md").write_text(markdown(doc), "utf-8")
-    return doc
+    return {"benchmark": "edits", "mode": "memory", "n": config.n, "seeds": [s["seed"] for s in per_seed],
+            "facts_file": "packs/eval/edits.jsonl (odd lines: held out from scope calibration)",
+            "max_tokens": config.max_tokens, "seconds": round(seconds, 1), "summary": summary,
+            "latency_ms": {k: interval([s["latency_ms"][k] for s in per_seed]) for k in ("p50", "p95")},
+            "per_seed": per_seed}
 
 
 def _fmt(cell: dict[str, float | None]) -> str:
