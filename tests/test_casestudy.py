@@ -12,7 +12,10 @@ TINY = {
     "training": {"steps": 3, "batch_size": 2, "warmup_steps": 1},
     # The tiny model's answers are noise: its QA pass rate is 0, so the gate is opened here
     # to exercise every later step (the gates' own tests are in test_release_*).
-    "qa": {"pass_rate": 0.0, "citation_rate": 0.0, "regression_tolerance": 1.0},
+    # Its latency gate compares two timed runs on a shared 2-core machine (measured: 531 ms
+    # against a 526 ms limit with other work on the cores); the gate's own tests are in
+    # test_release_qa, so here it only has to let a working candidate through.
+    "qa": {"pass_rate": 0.0, "citation_rate": 0.0, "regression_tolerance": 1.0, "latency_factor": 10.0},
     "serving": {"answer_max_new_tokens": 4},
     "retrieval": {"k": 2},  # the tiny byte-level tokenizer makes five sources too long a prompt
     # On the tiny model a LoRA adapter is a large share of the compute, so the candidate is
