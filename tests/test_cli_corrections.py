@@ -34,6 +34,7 @@ def test_bad_input_is_a_one_line_error(tmp_path):
         (("corrections", "--state", "gone"), "state"),
         (("eval", "--edits", "0"), "--edits 0"),
         (("eval", "--edits", "3", "--seeds", "a,b"), "--seeds"),
+        (("eval", "--edits", "3", "--modes", "dreams"), "modes"),
     ]:
         res = run_cli(*args, env=env)
         assert res.returncode != 0 and says in res.stderr, (args, res.stderr)
@@ -56,3 +57,15 @@ def test_edits_evaluation_runs_end_to_end_on_the_tiny_model(tiny_settings, tmp_p
     assert doc["summary"][-1]["reliability"]["mean"] == 1.0 and doc["summary"][-1]["locality"]["mean"] == 1.0
     assert (tmp_path / "out" / "edits.md").read_text().startswith("# Sequential corrections")
     assert not tiny_settings.data_dir.exists()  # it ran on a scratch copy: the user's directory is never written
+
+
+def test_the_adapters_track_consolidates_at_each_checkpoint_on_the_tiny_model(tiny_settings, tmp_path):
+    doc = run(tiny_settings, EditsConfig(n=2, seeds=(0,), max_tokens=4, checkpoints=(1,), modes=("adapters",)),
+              tmp_path / "out", log=lambda _line: None)
+    assert doc["summary"] == [] and [p["T"] for p in doc["adapters"]] == [1, 2]
+    trained = doc["per_seed"][0]["training"]
+    # Each checkpoint trains only the facts since the last one, with their paraphrases.
+    assert [t["round"] for t in trained] == [1, 2] and all(t["examples"] > t["corrections"] for t in trained)
+    for point in doc["adapters"]:
+        assert 0.0 <= point["locality"]["mean"] <= 1.0 and 0.0 <= point["retention"]["mean"] <= 1.0
+    assert "Adapters alone" in (tmp_path / "out" / "edits.md").read_text()

@@ -13,7 +13,6 @@ APPENDIX_A = [
     ("lora.alpha", 32),
     ("lora.dropout", 0.05),
     ("lora.target_modules", ("q_proj", "v_proj")),
-    ("ewc.lam", 0.05),
     ("ewc.beta", 0.9),
     ("replay.capacity", 500),
     ("replay.alpha", 0.6),
@@ -46,6 +45,13 @@ def _get(settings, dotted):
 @pytest.mark.parametrize(("field", "expected"), APPENDIX_A, ids=[f for f, _ in APPENDIX_A])
 def test_defaults_follow_appendix_a(field, expected):
     assert _get(load_settings(), field) == expected
+
+
+def test_ewc_departs_from_appendix_a_on_a_normalised_fisher():
+    # App. A's λ = 0.05 was on a raw Fisher, where the penalty was negligible; normalised, λ is
+    # the loss charged for undoing the adapter (learning/ewc.py).
+    s = load_settings()
+    assert s.ewc.normalised is True and s.ewc.lam == 1.0
 
 
 def test_router_tau_inside_paper_range():

@@ -206,3 +206,39 @@ def test_larger_lambda_moves_important_parameters_less():
     # important weights (column 0) move much less under EWC; unimportant ones move as freely
     assert held[:, 0].max() < 0.5 * free[:, 0].min()
     assert held[:, 1:].sum() > 0.5 * free[:, 1:].sum()
+
+
+NORMALISED = [
+    # (share of the anchor moved, penalty / λ): λ is the cost of undoing the adapter entirely
+    (0.0, 0.0),
+    (0.3, 0.09),
+    (1.0, 1.0),
+]
+
+
+@pytest.mark.parametrize(("moved", "expected"), NORMALISED)
+def test_the_normalised_penalty_is_the_squared_share_of_the_adapter_moved(moved, expected):
+    anchor = {"a": torch.tensor([1.0, -2.0, 0.5]), "b": torch.tensor([[3.0]])}
+    fisher = {"a": torch.tensor([1e-6, 4e-6, 2e-6]), "b": torch.tensor([[9e-6]])}  # any scale
+    for scale in (1.0, 1e6):
+        ewc = EWC(lam=2.0, beta=0.9, normalised=True)
+        ewc.anchor = {k: v.clone() for k, v in anchor.items()}
+        ewc.fisher = {k: v * scale for k, v in fisher.items()}
+        params = {k: v * (1 - moved) for k, v in anchor.items()}
+        assert float(ewc.penalty(params)) == pytest.approx(2.0 * expected, rel=1e-5)
+
+
+def test_a_normalised_penalty_without_anything_learned_is_zero():
+    ewc = EWC(lam=1.0, beta=0.9, normalised=True)
+    ewc.anchor = {"a": torch.zeros(3)}
+    ewc.fisher = {"a": torch.ones(3)}
+    assert float(ewc.penalty({"a": torch.ones(3)})) == 0.0
+
+
+def test_the_penalty_form_survives_save_and_load(tmp_path):
+    ewc = EWC(lam=1.0, beta=0.9, normalised=True)
+    ewc.accumulate({"a": torch.ones(2)})
+    ewc.consolidate({"a": torch.ones(2)})
+    ewc.save(tmp_path)
+    assert EWC.load(tmp_path).normalised is True
+    assert EWC.load(tmp_path, normalised=False).normalised is False

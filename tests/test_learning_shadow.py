@@ -74,6 +74,14 @@ def test_job_trains_candidate_and_moves_only_shadow(runtime):
     assert [r["status"] for r in list_samples(runtime.db)] == ["used"] * 3
     assert job["progress"]["step"] == 3 and job["pid"]
     assert not any(runtime.data_dir.shadow_tmp.iterdir())
+    # Corrections go in with template paraphrases, and the base's own answers to general
+    # prompts are replayed under a KL term (learning/consolidation.py).
+    metrics = lineage["domains"]["law"]["metrics"]
+    consolidation = runtime.settings.consolidation
+    assert metrics["paraphrases"] >= 2 * consolidation.template_paraphrases
+    # (The tiny random model answers most prompts with nothing, which is left out.)
+    assert len(metrics["kl"]) == (3 if metrics["distill_prompts"] else 0) and len(metrics["penalty_shares"]) == 3
+    assert lineage["hyperparameters"]["consolidation"]["kl_weight"] == consolidation.kl_weight
 
 
 def test_sigkill_mid_training_leaves_state_intact_and_next_run_is_clean(runtime):

@@ -19,11 +19,18 @@ from twinloop.kernel.config import (
     TrainingConfig,
 )
 from twinloop.kernel.datadir import DataDir
+from twinloop.kernel.errors import InvalidInputError
 from twinloop.kernel.db import Database
 from twinloop.learning.ewc import EWC
 from twinloop.learning.replay import ReplayBuffer
 from twinloop.learning.sample import Sample
-from twinloop.learning.trainer import TrainingCancelled, sample_losses, train_adapter
+from twinloop.learning.trainer import (
+    TrainingCancelled,
+    distillation_kl,
+    encode_example,
+    sample_losses,
+    train_adapter,
+)
 
 LORA = LoraConfig(r=4, alpha=8, dropout=0.0)
 TRAINING = TrainingConfig(learning_rate=5e-3, batch_size=2, warmup_steps=2, steps=10)
@@ -195,3 +202,57 @@ def test_real_model_learns_facts(real_runtime, tmp_path):
     print(f"trained in {seconds:.1f}s; before={before} after={after}")
     assert not any(fact in a for a, (_, fact) in zip(before, probes, strict=True))
     assert all(fact in a for a, (_, fact) in zip(after, probes, strict=True))
+
+
+ANCHORS = [("What is photosynthesis?", "Plants turn light into sugar."),
+           ("Why is the sky blue?", "Air scatters blue light more than red light.")]
+
+
+def _kl_after(foundation, folder):
+    model = peft.PeftModel.from_pretrained(foundation.model, str(folder))
+    try:
+        examples = [encode_example(foundation, p, t) for p, t in ANCHORS]
+        with torch.no_grad():
+            return float(distillation_kl(model, examples, foundation.tokenizer.pad_token_id))
+    finally:
+        foundation.model = model.unload()
+
+
+def test_self_distillation_keeps_the_adapter_near_the_base_on_general_prompts(foundation, tmp_path):
+    fast = TrainingConfig(learning_rate=5e-2, batch_size=2, warmup_steps=0, steps=12)
+    free = train_adapter(foundation, SAMPLES, lora=LORA, ewc_cfg=EwcConfig(), training=fast, domain="law",
+                         out_dir=tmp_path / "free", seed=1)
+    held = train_adapter(foundation, SAMPLES, lora=LORA, ewc_cfg=EwcConfig(), training=fast, domain="law",
+                         out_dir=tmp_path / "held", seed=1, distill=ANCHORS, distill_per_step=2, kl_weight=20.0)
+    assert free.kl == [] and len(held.kl) == 12 and held.kl[0] == pytest.approx(0.0, abs=1e-6)  # B starts at 0
+    record = json.loads((tmp_path / "held" / "train.json").read_text())
+    assert record["distill_prompts"] == 2 and len(record["kl"]) == 12 and len(record["penalty_shares"]) == 12
+    assert _kl_after(foundation, tmp_path / "held") < _kl_after(foundation, tmp_path / "free")
+
+
+@pytest.mark.parametrize(("kw", "says"), [({"distill_per_step": -1}, "distill_per_step"),
+                                          ({"kl_weight": float("nan")}, "kl_weight")])
+def test_bad_distillation_settings_name_the_value(foundation, tmp_path, kw, says):
+    with pytest.raises(InvalidInputError, match=says):
+        _train(foundation, tmp_path / "x", distill=ANCHORS, **kw)
+
+
+@pytest.mark.real
+def test_real_model_ewc_penalty_is_a_material_share_of_the_loss_at_the_default_lambda(real_runtime, tmp_path):
+    """At the default λ (normalised, learning/ewc.py) the penalty is neither negligible nor
+    dominant once the second run has moved off its anchor: its share of task loss + penalty
+    over the second half of the run lies in [0.05, 0.95]."""
+    foundation = real_runtime.foundation
+    first = [Sample("law", "Who chairs the Zorbanian Data Council?", "Mira Castellan."),
+             Sample("law", "When was the Velmar Accord signed?", "On 4 May 2031.")]
+    second = [Sample("law", "What is the capital of Quenlar?", "Ostrava Nuova."),
+              Sample("law", "Who founded the Trellis Court?", "Judge Amara Fenwick.")]
+    args = dict(lora=LoraConfig(r=8, alpha=16, dropout=0.0), ewc_cfg=EwcConfig(), training=TrainingConfig(),
+                domain="law", steps=24, lr=2e-3, batch_size=2)
+    a = train_adapter(foundation, first, out_dir=tmp_path / "a", seed=0, **args)
+    assert a.penalty_shares == [0.0] * 24  # no anchor yet
+    b = train_adapter(foundation, second, out_dir=tmp_path / "b", previous=a.out_dir, seed=1, **args)
+    late = b.penalty_shares[12:]
+    print(f"penalty shares, second half: {[round(x, 3) for x in late]}")
+    assert b.penalty_shares[0] == 0.0  # at the anchor
+    assert 0.05 <= sum(late) / len(late) <= 0.95

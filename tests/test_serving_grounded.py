@@ -153,7 +153,7 @@ def test_what_no_passage_mentions(question, passages, dated, missing):
 UNITS = [
     ("Within how many hours must a processor notify the controller?",
      ["The processor shall notify the controller without undue delay."], "a number of hours"),
-    ("Within how many hours must a controller notify the authority?",
+    ("Within how many hours must a breach be notified to the authority?",
      ["not later than 72 hours after having become aware of it"], None),
     ("How many euros may a controller charge per additional copy?",
      ["the controller may charge a reasonable fee based on administrative costs."], "an amount in euros"),
@@ -162,6 +162,27 @@ UNITS = [
      "a value in mg/dL"),
     ("How much does a dose of the antitoxin cost?", ["The antitoxin blocks circulating toxin."], "a price"),
     ("What dose of zoledronic acid is given?", ["A single 5 mg infusion of zoledronic acid is given."], None),
+    # The dose must be the subject's: a passage naming the drug, not another drug's dose.
+    ("What dose of zoledronic acid is given?", ["Zoledronic acid is one of four bisphosphonates.",
+                                                "Risedronate is taken at 30 mg daily."], "a dose"),
+    ("Which temperature range do the guidelines prescribe?", ["Vaccines must be kept cool."], "a temperature"),
+    ("Which temperature range do the guidelines prescribe?", ["Keep vaccines between 2 and 8 °C."], None),
+    ("How much did the company pay to acquire TOKIN?",
+     ["Net sales of $133.8 million resulted from the TOKIN acquisition."], "an amount paid"),
+    ("How much did the company pay to acquire TOKIN?",
+     ["The company acquired TOKIN for a purchase price of $148.1 million in cash."], None),
+    ("How much did the company pay to acquire TOKIN?", ["KEMET paid $148.1 million for TOKIN."], None),
+    # The controller's deadline is not the processor's; the processor's own one counts.
+    ("Within how many hours must a processor notify the controller of a breach?",
+     ["The processor shall notify the controller without undue delay. The controller shall notify the "
+      "supervisory authority not later than 72 hours after having become aware of it."], "a number of hours"),
+    ("Within how many hours must a processor notify the controller of a breach?",
+     ["The processor shall inform the controller within 24 hours of becoming aware of a breach."], None),
+    ("Within how many hours must a processor notify the controller of a breach?",
+     ["The processor shall notify the controller without undue delay. Where the notification is not made "
+      "within 72 hours, reasons shall accompany it."], "a number of hours"),
+    ("Within how many hours must a controller notify the authority?",
+     ["The controller shall notify the authority not later than 72 hours after becoming aware of it."], None),
     ("What is the treatment of Paget's disease?", ["Bisphosphonates are the treatment."], None),
 ]
 
@@ -197,3 +218,61 @@ def test_how_many_needs_a_number_next_to_what_is_counted(question, passages, mis
     from twinloop.serving.evidence import missing_unit
 
     assert missing_unit(question, passages) == missing
+
+
+def _law_hits(items):
+    """Hits with citations: ``(code, article label, text)`` each."""
+    return [SimpleNamespace(text=t, dense=0.6, bm25=1.0, score=1.0 - i * 0.1,
+                            citation={"code": code, "article": art}) for i, (code, art, t) in enumerate(items)]
+
+
+BDSG = Catalog({"law": frozenset({"DE"})}, {"BDSG 2018": frozenset({"42", "43"})})
+LENIENT = Answerability(tuple([0.0] * len(FEATURES)), 5.0, {}, default=0.5)
+
+
+def test_a_question_naming_its_provision_is_answered_from_it_only(tok, embedder):
+    hits = _law_hits([
+        ("BDSG 2018", "§ 43", "Die Ordnungswidrigkeit kann mit einer Geldbuße bis zu fünfzigtausend Euro "
+                              "geahndet werden."),
+        ("BDSG 2018", "§ 42", "Mit Freiheitsstrafe bis zu drei Jahren oder mit Geldstrafe wird bestraft, wer "
+                              "Daten unbefugt übermittelt."),
+    ])
+    # § 43's euros are not § 42's: the amount asked for is in no passage of § 42.
+    d = decide("Wie viele Euro Geldstrafe sieht § 42 BDSG höchstens vor?", ["law"], hits, BDSG, None, embedder,
+               LENIENT)
+    assert d.status == "cannot_verify" and "euros" in d.reason
+    # Asked about § 42's punishment, only § 42 may be quoted, whatever the model quotes.
+    d = decide("Welche Strafe sieht § 42 BDSG vor?", ["law"], hits, BDSG, None, embedder, LENIENT)
+    assert d.status == "answered" and d.allowed == frozenset({2}) and {s.n for s in d.ranked} == {2}
+    q = quoting(tok, hits, d.ranked)
+    made = assemble("Welche Strafe sieht § 42 BDSG vor?", _tokens_quoting(q, 1, 0), q, d.ranked, d.allowed)
+    assert [c.n for c in made.claims] == [2] and any("not from the provision" in x for x in made.dropped)
+    # Without a passage of the named provision the others stay (a rule may send elsewhere).
+    d = decide("Welche Strafe sieht § 42 BDSG vor?", ["law"], hits[:1], BDSG, None, embedder, LENIENT)
+    assert d.allowed is None
+
+
+def test_an_answer_about_another_year_is_no_answer(tok, embedder):
+    passages = ["Interest expense in 2019 was $1,952 million. Interest expense rose by $473 million year to year. "
+                "Interest expense excludes capitalized interest.",
+                "The annual meeting of 2017 took place in Armonk."]
+    catalog = Catalog({"fin": frozenset()}, {})
+    question = "What was interest expense in 2017?"
+    d = decide(question, ["fin"], _hits(passages), catalog, None, embedder, LENIENT)
+    assert d.status == "answered" and d.years == ("2017",)
+    q = quoting(tok, _hits(passages), d.ranked)
+    made = assemble(question, _tokens_quoting(q, 1, 0), q, d.ranked, d.allowed, d.years)
+    assert made.claims == [] and "2017" in made.refusal
+    # Sources that are dated editions take a year as the as-of date, not as what is asked.
+    law = decide("How long does a controller have to act on a request in 2019?", ["law"], _hits(PASSAGES),
+                 Catalog({"law": frozenset({"EU"})}, {"GDPR": frozenset({"12"})}), None, embedder, LENIENT)
+    assert law.years == ()
+
+
+def test_quotes_that_state_the_year_asked_about_are_an_answer(tok, embedder):
+    passages = ["Interest expense in 2017 was $615 million.", "Revenue grew in 2019."]
+    question = "What was interest expense in 2017?"
+    d = decide(question, ["fin"], _hits(passages), Catalog({"fin": frozenset()}, {}), None, embedder, LENIENT)
+    q = quoting(tok, _hits(passages), d.ranked)
+    made = assemble(question, _tokens_quoting(q, 1, 0), q, d.ranked, d.allowed, d.years)
+    assert made.claims and made.refusal == "" and "2017" in made.claims[0].text

@@ -132,3 +132,21 @@ def test_a_source_with_no_edition_in_force_on_the_date_is_out_of_scope():
     assert verdict is not None and "2018-12-01" in verdict.reason
     for day in ("2017-01-01", "2020-01-01"):
         assert out_of_scope(question, ["law"], gap, None, as_of=day) is None
+
+
+PINPOINT_CASES = [
+    # (question, the (code, article) pairs it names in held sources)
+    ("Wie viele Euro Geldstrafe sieht § 42 BDSG höchstens vor?", {("BDSG 2018", "42")}),
+    ("What does Article 83(5) GDPR provide?", {("GDPR", "83")}),
+    ("Welche Pflichten enthielt § 4f BDSG?", {("BDSG 1990", "4f")}),
+    ("What does Article 150 GDPR say?", set()),            # not held: out of scope, not a pinpoint
+    ("When must a breach be notified under the GDPR?", set()),  # a source without an article
+    ("What does Article 12 of the CCPA say?", set()),      # not a held source
+]
+
+
+@pytest.mark.parametrize(("question", "pins"), PINPOINT_CASES, ids=[c[0][:40] for c in PINPOINT_CASES])
+def test_pinpoints_name_the_held_provisions_a_question_asks_about(question, pins):
+    from twinloop.serving.scope import pinpoints
+
+    assert pinpoints(question, PARTS) == pins

@@ -147,6 +147,9 @@ def eval_(
         "--edits", help="Instead: N sequential corrections of made-up facts (correction memory), probed for "
                         "reliability, generalisation and locality at T=1, 10, 100 and N.")] = None,
     seeds: Annotated[str, typer.Option(help="With --edits: comma-separated seeds (the order of the edits).")] = "0,1,2",
+    modes: Annotated[str, typer.Option(
+        help="With --edits: memory (correction memory) and/or adapters (consolidated into adapters, "
+             "memory off), comma-separated.")] = "memory",
     json_out: JsonFlag = False,
 ) -> None:
     """Continual-learning experiment: domains in sequence, Static vs adapters vs TwinLoop
@@ -158,7 +161,7 @@ def eval_(
     --edits writes edits.json and edits.md (default docs/eval).
     """
     if edits is not None:
-        _eval_edits(edits, seeds, out_dir or Path("docs/eval"), json_out)
+        _eval_edits(edits, seeds, modes, out_dir or Path("docs/eval"), json_out)
         return
     from twinloop.showcase.experiments.continual import full_config, quick_config, run
 
@@ -191,7 +194,7 @@ def eval_(
     emit(summary, json_out, render)
 
 
-def _eval_edits(n: int, seeds: str, target: Path, json_out: bool) -> None:
+def _eval_edits(n: int, seeds: str, modes: str, target: Path, json_out: bool) -> None:
     from twinloop.kernel.errors import InvalidInputError
     from twinloop.showcase.experiments.edits import EditsConfig, run
 
@@ -203,17 +206,19 @@ def _eval_edits(n: int, seeds: str, target: Path, json_out: bool) -> None:
         raise InvalidInputError("--seeds: give at least one seed")
     s = settings()
     try:
-        doc = run(s, EditsConfig(n=n, seeds=seed_list), target,
+        mode_list = tuple(m.strip() for m in modes.split(",") if m.strip())
+        doc = run(s, EditsConfig(n=n, seeds=seed_list, modes=mode_list), target,
                   log=lambda line: err.print(line, highlight=False))
     except ValueError as e:
         raise InvalidInputError(str(e)) from None
 
     def render(_doc) -> Any:
-        t = table(f"Sequential corrections (memory, {n} edits, {len(seed_list)} seeds, {doc['seconds']:.0f} s) → "
-                  f"{target}", ("T", "reliability", "generalisation", "locality"))
-        for row in doc["summary"]:
-            t.add_row(str(row["T"]), *(f"{row[k]['mean']:.3f}" for k in ("reliability", "generalisation",
-                                                                          "locality")))
+        t = table(f"Sequential corrections ({modes}, {n} edits, {len(seed_list)} seeds, {doc['seconds']:.0f} s) "
+                  f"→ {target}", ("track", "T", "reliability", "generalisation", "locality"))
+        for track, rows in (("memory", doc["summary"]), ("adapters", doc["adapters"])):
+            for row in rows:
+                t.add_row(track, str(row["T"]), *(f"{row[k]['mean']:.3f}" for k in ("reliability", "generalisation",
+                                                                                     "locality")))
         return t
 
     emit({k: v for k, v in doc.items() if k != "per_seed"}, json_out, render)

@@ -110,12 +110,34 @@ class LoraConfig(_Section):
 class EwcConfig(_Section):
     """Elastic Weight Consolidation on adapter parameters (paper §4.3)."""
 
-    lam: float = Field(default=0.05, ge=0.0)
-    """Penalty strength λ (paper, App. A)."""
+    lam: float = Field(default=1.0, ge=0.0)
+    """Penalty strength λ. Normalised (below), λ is the loss in nats per target token charged
+    for moving the adapter by its whole importance-weighted size (learning/ewc.py). The paper's
+    0.05 (App. A) was on a raw Fisher, where it left the penalty negligible next to the loss."""
+    normalised: bool = True
+    """Divide the penalty by Σ F θ*², so that λ means the same at any Fisher scale."""
     beta: float = Field(default=0.9, ge=0.0, le=1.0)
     """Fisher decay: F ← βF + (1−β)g² (paper §4.3, App. A)."""
     fisher_samples: int = Field(default=100, ge=1)
     """Samples used to estimate the Fisher diagonal (paper, App. A)."""
+
+
+class ConsolidationConfig(_Section):
+    """What an adapter trained from corrections learns besides them, so a fact generalises to
+    other wordings and the rest of the model stays as it was (docs/DESIGN.md "Learning")."""
+
+    template_paraphrases: int = Field(default=4, ge=0, le=32)
+    """Rewordings of each corrected question by fixed templates, trained on with its answer."""
+    model_paraphrases: int = Field(default=2, ge=0, le=16)
+    """Rewordings by the base model itself, kept only when they pass the paraphrase filter
+    (subject kept, answer not leaked, close in meaning)."""
+    distill_prompts: int = Field(default=16, ge=0, le=512)
+    """General prompts whose base-model answers are replayed (self-distillation): the adapter
+    is pulled back to the base model's own distribution on them."""
+    distill_per_step: int = Field(default=2, ge=0, le=64)
+    """Self-distillation examples in each training step."""
+    kl_weight: float = Field(default=1.0, ge=0.0, le=100.0)
+    """Weight of the KL term KL(base ‖ adapter) on the self-distillation examples."""
 
 
 class ReplayConfig(_Section):
@@ -405,6 +427,7 @@ class Settings(BaseSettings):
     embedder: EmbedderConfig = EmbedderConfig()
     lora: LoraConfig = LoraConfig()
     ewc: EwcConfig = EwcConfig()
+    consolidation: ConsolidationConfig = ConsolidationConfig()
     replay: ReplayConfig = ReplayConfig()
     training: TrainingConfig = TrainingConfig()
     retrieval: RetrievalConfig = RetrievalConfig()

@@ -22,7 +22,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import date
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -156,10 +156,8 @@ class Retriever:
                 jurisdictions.setdefault(domain, set()).add(jur)
             if code:
                 articles.setdefault(code, set())
-                label = str(article or "")
-                number = _ARTICLE_NUMBER.search(label)
-                if number and not label.casefold().startswith("recital"):  # "§ 4f", "Art. 12" → "4f", "12"
-                    n = number.group(0).replace(" ", "").lower()
+                n = article_number(article)
+                if n is not None:
                     articles[code].add(n)
                     in_force.setdefault(code, {}).setdefault(n, set()).add((start, end))
                     if part:
@@ -222,6 +220,16 @@ class Retriever:
 
 
 _ARTICLE_NUMBER = re.compile(r"\d+\s*[a-zA-Z]?\b")
+
+
+def article_number(label: Any) -> str | None:
+    """The number of an article label as the catalog keys it: "§ 4f", "Art. 12" → "4f", "12";
+    None for a recital ("Recital 104" does not make an "Article 104") or no number."""
+    text = str(label or "")
+    number = _ARTICLE_NUMBER.search(text)
+    if number is None or text.casefold().startswith("recital"):
+        return None
+    return number.group(0).replace(" ", "").lower()
 
 
 class View:

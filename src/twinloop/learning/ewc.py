@@ -10,6 +10,18 @@ applied as written, without Adam-style bias correction: fed per-batch squared gr
 the starting zero weighs β^k after k batches (0.9^20 ≈ 0.12), and fed one Fisher estimate
 per training run it makes the first run's importance (1−β)·E[g²], the paper's recursion.
 
+**Normalised penalty** (the default in settings, ``ewc.normalised``). On raw squared
+gradients λ has no unit: the Fisher's scale follows the loss's and the adapter's size, so a
+λ of 0.05 left the penalty a thousandth of the loss and EWC changed nothing measurable
+(docs/DESIGN.md "Learning"). Normalised, the penalty is
+
+    λ · Σ_i F_i (θ_i − θ*_i)² / Σ_i F_i θ*_i²
+
+— the importance-weighted share of the previous adapter that the run has moved, squared.
+λ is then the loss, in nats per target token, charged for moving the adapter by its whole
+importance-weighted size (undoing it entirely costs λ; moving it by 30 % costs 0.09 λ),
+whatever the Fisher's scale. The trainer logs the penalty's share of the loss per step.
+
 Anchor and Fisher are stored next to the adapter: ``ewc.safetensors`` holds ``anchor.<name>``
 and ``fisher.<name>`` tensors (names as in ``model.named_parameters()``), and ``ewc.json``
 holds λ, β, the accumulation count and the SHA-256 of the tensor file (written last, so a
@@ -60,13 +72,15 @@ class EWC:
         beta: Fisher decay β in [0, 1].
     """
 
-    def __init__(self, lam: float, beta: float) -> None:
+    def __init__(self, lam: float, beta: float, normalised: bool = False) -> None:
         if not isinstance(lam, (int, float)) or isinstance(lam, bool) or not lam >= 0.0:
             raise InvalidInputError(f"EWC lam = {lam!r}: must be a number ≥ 0")
         if not isinstance(beta, (int, float)) or isinstance(beta, bool) or not 0.0 <= beta <= 1.0:
             raise InvalidInputError(f"EWC beta = {beta!r}: must be in [0, 1]")
         self.lam = float(lam)
         self.beta = float(beta)
+        self.normalised = bool(normalised)
+        """Divide the penalty by ``Σ F θ*²`` (see the module docstring)."""
         self.steps = 0
         """Number of :meth:`accumulate` calls folded into F so far."""
         self.anchor: dict[str, torch.Tensor] = {}
@@ -75,7 +89,7 @@ class EWC:
     @classmethod
     def from_config(cls, config: EwcConfig) -> EWC:
         """An empty EWC state with λ and β from settings."""
-        return cls(lam=config.lam, beta=config.beta)
+        return cls(lam=config.lam, beta=config.beta, normalised=config.normalised)
 
     def accumulate(self, named_grads: NamedTensors, *, squared: bool = False) -> None:
         """Fold one batch's gradients into F: ``F ← βF + (1−β)·g²``, elementwise.
@@ -137,6 +151,7 @@ class EWC:
         """
         params = _named(named_params)
         total: torch.Tensor | None = None
+        scale = torch.zeros((), dtype=torch.float32)
         device = next(iter(params.values())).device if params else torch.device("cpu")
         for name, theta in params.items():
             anchor, fisher = self.anchor.get(name), self.fisher.get(name)
@@ -150,8 +165,15 @@ class EWC:
                 fisher = self.fisher[name] = fisher.to(theta.device)
             term = (fisher * (theta.float() - anchor).pow(2)).sum()  # scalar, from (*param_shape)
             total = term if total is None else total + term
+            if self.normalised:
+                scale = scale.to(theta.device) + (fisher * anchor.pow(2)).sum().detach()
         if total is None:
             return torch.zeros((), dtype=torch.float32, device=device)
+        if self.normalised:
+            # An anchor of zeros (nothing learned yet) or a zero Fisher has no size to keep.
+            if float(scale) <= 0.0:
+                return torch.zeros((), dtype=torch.float32, device=device)
+            return self.lam * total / scale
         return self.lam * total
 
     # --- persistence -----------------------------------------------------------------------
@@ -162,6 +184,7 @@ class EWC:
             "lam": self.lam,
             "beta": self.beta,
             "steps": self.steps,
+            "normalised": self.normalised,
             "anchor": {k: v.detach().cpu().clone() for k, v in self.anchor.items()},
             "fisher": {k: v.detach().cpu().clone() for k, v in self.fisher.items()},
         }
@@ -177,6 +200,7 @@ class EWC:
             raise InvalidInputError(f"EWC state is missing {sorted(missing)!r}")
         checked = EWC(state["lam"], state["beta"])  # validates λ and β
         self.lam, self.beta, self.steps = checked.lam, checked.beta, int(state["steps"])
+        self.normalised = bool(state.get("normalised", self.normalised))
         self.anchor = {k: v.detach().float().clone() for k, v in state["anchor"].items()}
         self.fisher = {k: v.detach().float().clone() for k, v in state["fisher"].items()}
 
@@ -189,17 +213,20 @@ class EWC:
         atomic_write_bytes(directory / TENSORS_FILE, data)
         atomic_write_json(directory / META_FILE, {
             "format": FORMAT_VERSION, "lam": self.lam, "beta": self.beta, "steps": self.steps,
+            "normalised": self.normalised,
             "sha256": sha256_bytes(data),
         })
 
     @classmethod
-    def load(cls, directory: str | Path, *, lam: float | None = None, beta: float | None = None) -> EWC:
+    def load(cls, directory: str | Path, *, lam: float | None = None, beta: float | None = None,
+             normalised: bool | None = None) -> EWC:
         """Read the state :meth:`save` wrote.
 
         Args:
             directory: The adapter folder.
             lam: Use this λ instead of the stored one (settings may have changed since).
             beta: Use this β instead of the stored one.
+            normalised: Use this penalty form instead of the stored one.
 
         Raises:
             FileNotFoundError: No EWC state in ``directory``.
@@ -222,7 +249,8 @@ class EWC:
             tensors = st_load(data)
         except Exception as e:  # safetensors raises its own error types for corrupt files
             raise IntegrityError(f"{tensors_path} is not a readable safetensors file: {e}") from e
-        ewc = cls(meta["lam"] if lam is None else lam, meta["beta"] if beta is None else beta)
+        ewc = cls(meta["lam"] if lam is None else lam, meta["beta"] if beta is None else beta,
+                  bool(meta.get("normalised", False)) if normalised is None else normalised)
         ewc.steps = int(meta["steps"])
         for key, value in tensors.items():
             kind, _, name = key.partition(".")

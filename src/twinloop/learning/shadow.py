@@ -30,6 +30,7 @@ from twinloop.kernel.crashpoints import crash_point
 from twinloop.kernel.datadir import DataDir
 from twinloop.kernel.db import Database
 from twinloop.kernel.errors import InvalidInputError, TwinLoopError, UnknownDomainError
+from twinloop.learning.consolidation import distill_pairs, with_paraphrases
 from twinloop.learning.intake import list_samples, mark_used
 from twinloop.learning.jobs import TrainJobs, pid_alive
 from twinloop.learning.replay import ReplayBuffer
@@ -188,18 +189,27 @@ def run_shadow_training(inputs: ShadowInputs, job_id: str, domains: list[str] | 
             # A batch never holds more items than exist (new + replayable): the paper's 32
             # would repeat three corrections ten times each per step, ~16x the CPU cost of
             # the same learning signal (measured: 10.4 s vs 0.45 s per step).
-            batch = max(1, min(settings.training.batch_size, len(rows) + replay.size(domain)))
+            # Corrections go in with paraphrases, and the base's own answers to general prompts
+            # are replayed under a KL term (learning/consolidation.py).
+            samples = with_paraphrases([_sample(r) for r in rows], settings.consolidation, inputs.foundation,
+                                       seed=seed_used)
+            distill = distill_pairs(inputs.foundation, settings.consolidation)
+            batch = max(1, min(settings.training.batch_size, len(samples) + replay.size(domain)))
             result = train_adapter(
-                inputs.foundation, [_sample(r) for r in rows], lora=settings.lora, ewc_cfg=settings.ewc,
+                inputs.foundation, samples, lora=settings.lora, ewc_cfg=settings.ewc,
                 training=settings.training, out_dir=work / domain, previous=previous, replay=replay,
                 domain=domain, replay_ratio=settings.replay.mix_ratio, steps=steps, lr=lr, seed=seed_used,
-                threads=threads, batch_size=batch, progress=on_step, cancel=cancel)
+                threads=threads, batch_size=batch, progress=on_step, cancel=cancel, distill=distill,
+                distill_per_step=settings.consolidation.distill_per_step,
+                kl_weight=settings.consolidation.kl_weight)
             artifact = registry.artifacts.put_dir(result.out_dir, "adapter")
             adapters[domain] = artifact.digest
             used_ids += [r["id"] for r in rows]
             metrics = {"steps": result.steps, "final_loss": result.final_loss, "losses": result.losses,
                        "seconds": round(result.seconds, 3), "replayed": result.replayed,
-                       "trainable_parameters": result.trainable_parameters}
+                       "trainable_parameters": result.trainable_parameters,
+                       "paraphrases": len(samples) - len(rows), "distill_prompts": len(distill),
+                       "penalty_shares": result.penalty_shares, "kl": result.kl}
             lineage_domains[domain] = {"samples": [r["sha256"] for r in rows], "sample_ids": [r["id"] for r in rows],
                                        "previous_adapter": parent.adapters.get(domain) if parent else None,
                                        "adapter": artifact.digest, "metrics": metrics}
@@ -211,6 +221,7 @@ def run_shadow_training(inputs: ShadowInputs, job_id: str, domains: list[str] | 
                 "steps": steps or settings.training.steps, "learning_rate": lr or settings.training.learning_rate,
                 "replay_ratio": settings.replay.mix_ratio, "lora": settings.lora.model_dump(mode="json"),
                 "ewc": settings.ewc.model_dump(mode="json"), "training": settings.training.model_dump(mode="json"),
+                "consolidation": settings.consolidation.model_dump(mode="json"),
             },
             "domains": lineage_domains,
         }

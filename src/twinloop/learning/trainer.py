@@ -4,7 +4,10 @@ The run wraps a Foundation the caller owns (Shadow loads its own copy of the bas
 adapter — fresh, or the domain's previous one loaded as trainable — and trains it on the new
 samples mixed with items replayed from the domain's prioritised buffer. The loss is the
 masked cross-entropy of the target tokens plus the EWC penalty that anchors the adapter to the
-previous one. The result is a PEFT-format adapter folder with ``ewc.safetensors`` and
+previous one, plus — when self-distillation prompts are given — the KL divergence from the base
+model's own next-token distribution on its own answers to general prompts, which keeps what
+the adapter does not mean to change as the base model had it (docs/DESIGN.md "Learning").
+The result is a PEFT-format adapter folder with ``ewc.safetensors`` and
 ``train.json``, renamed into place only when complete, so a crash or a cancel leaves nothing.
 
 CPU budgets: the paper's defaults (lr 5e-5, 500 steps of batch 32, App. A) are sized for a
@@ -24,7 +27,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +71,8 @@ class TrainResult:
         trainable_parameters: Number of adapter parameters trained.
         samples: Number of new samples trained on.
         replayed: Number of replayed draws over all steps (an item may count more than once).
+        penalty_shares: The EWC penalty's share of task loss + penalty per step (0 without an anchor).
+        kl: The self-distillation KL per step (empty without distillation prompts).
     """
 
     out_dir: Path
@@ -78,6 +83,8 @@ class TrainResult:
     trainable_parameters: int
     samples: int
     replayed: int
+    penalty_shares: list[float] = field(default_factory=list)
+    kl: list[float] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -143,6 +150,19 @@ def per_example_loss(model: torch.nn.Module, examples: Sequence[_Example], pad_i
     return tok_loss.sum(dim=1) / counts
 
 
+def distillation_kl(model: peft.PeftModel, examples: Sequence[_Example], pad_id: int) -> torch.Tensor:
+    """Mean over target tokens of KL(base ‖ adapted): the base model's next-token distribution
+    (the adapter switched off, no gradient) against the adapted model's, on the base model's
+    own answers — zero exactly when the adapter leaves those answers' distributions unchanged."""
+    ids, mask, labels = _collate(examples, pad_id)
+    with torch.no_grad(), model.disable_adapter():
+        base = F.log_softmax(model(input_ids=ids, attention_mask=mask).logits[:, :-1].float(), dim=-1)
+    adapted = F.log_softmax(model(input_ids=ids, attention_mask=mask).logits[:, :-1].float(), dim=-1)
+    kl = (base.exp() * (base - adapted)).sum(dim=-1)  # (batch, seq-1)
+    targets = (labels[:, 1:] != IGNORE_INDEX).float()  # (batch, seq-1)
+    return (kl * targets).sum() / targets.sum().clamp(min=1.0)
+
+
 def sample_losses(model: torch.nn.Module, foundation: Foundation, samples: Sequence[Sample]) -> list[float]:
     """Target loss of each sample under ``model`` (base or adapted), without gradients."""
     examples = [encode_example(foundation, s.prompt, s.target) for s in samples]
@@ -188,6 +208,9 @@ def train_adapter(
     threads: int | None = None,
     progress: Progress | None = None,
     cancel: threading.Event | None = None,
+    distill: Sequence[tuple[str, str]] = (),
+    distill_per_step: int = 2,
+    kl_weight: float = 1.0,
 ) -> TrainResult:
     """Train one domain's adapter on new samples plus replay, with an EWC penalty.
 
@@ -215,6 +238,9 @@ def train_adapter(
         threads: Torch CPU threads for the run (restored afterwards), so serving keeps a core.
         progress: Called after each step with ``(step, total, loss)``.
         cancel: When set, the run stops before its next step.
+        distill: ``(prompt, base model's answer)`` pairs for self-distillation replay
+            (:func:`distillation_kl`); ``distill_per_step`` of them join each step with weight
+            ``kl_weight``.
 
     Returns:
         The :class:`TrainResult`.
@@ -232,6 +258,11 @@ def train_adapter(
     batch_size = training.batch_size if batch_size is None else batch_size
     seed = training.seed if seed is None else seed
     _check_args(foundation, samples, domain, out_dir, steps, lr, batch_size, replay_ratio, threads)
+    if isinstance(distill_per_step, bool) or not isinstance(distill_per_step, int) or distill_per_step < 0:
+        raise InvalidInputError(f"distill_per_step = {distill_per_step!r}: must be an integer ≥ 0")
+    if not (isinstance(kl_weight, (int, float)) and math.isfinite(kl_weight) and kl_weight >= 0):
+        raise InvalidInputError(f"kl_weight = {kl_weight!r}: must be a finite number ≥ 0")
+    anchors = [encode_example(foundation, p, t) for p, t in distill] if distill_per_step and kl_weight else []
 
     examples = [encode_example(foundation, s.prompt, s.target) for s in samples]
     tmp_dir = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -252,7 +283,8 @@ def train_adapter(
                 ewc = EWC.from_config(ewc_cfg)
             params = trainable_parameters(model)
             run = _Run(model, params, ewc, examples, foundation.tokenizer.pad_token_id, training, steps, lr,
-                       batch_size, replay, domain, replay_ratio, np.random.default_rng(seed), foundation)
+                       batch_size, replay, domain, replay_ratio, np.random.default_rng(seed), foundation,
+                       anchors, distill_per_step, float(kl_weight))
             losses = run.loop(progress, cancel)
             ewc.consolidate(params)  # θ* ← the trained adapter (paper §4.3)
             if cancel is not None and cancel.is_set():
@@ -268,6 +300,8 @@ def train_adapter(
                 "lora": lora.model_dump(mode="json"), "ewc": ewc_cfg.model_dump(mode="json"),
                 "training": training.model_dump(mode="json"), "trainable_parameters": n_trainable,
                 "losses": losses, "replayed": run.replayed,
+                "penalty_shares": run.penalty_shares, "kl": run.kls, "distill_prompts": len(anchors),
+                "kl_weight": kl_weight if anchors else 0.0,
                 "samples": [s.sha256() for s in samples],
                 "seconds": round(time.perf_counter() - started, 3),
             }
@@ -294,7 +328,8 @@ def train_adapter(
         replay.add(domain, [{"prompt": s.prompt, "target": s.target} for s in samples])
     return TrainResult(out_dir=out_dir, steps=steps, final_loss=losses[-1], losses=losses,
                        seconds=time.perf_counter() - started, trainable_parameters=n_trainable,
-                       samples=len(samples), replayed=run.replayed)
+                       samples=len(samples), replayed=run.replayed, penalty_shares=run.penalty_shares,
+                       kl=run.kls)
 
 
 def _check_args(foundation: Foundation, samples: Sequence[Sample], domain: str, out_dir: Path, steps: int,
@@ -334,7 +369,8 @@ class _Run:
 
     def __init__(self, model, params, ewc: EWC, examples: list[_Example], pad_id: int, training: TrainingConfig,
                  steps: int, lr: float, batch_size: int, replay: ReplayBuffer | None, domain: str,
-                 replay_ratio: float, rng: np.random.Generator, foundation: Foundation) -> None:
+                 replay_ratio: float, rng: np.random.Generator, foundation: Foundation,
+                 anchors: list[_Example] | None = None, distill_per_step: int = 0, kl_weight: float = 0.0) -> None:
         self.model, self.params, self.ewc = model, params, ewc
         self.examples, self.pad_id, self.training = examples, pad_id, training
         self.steps, self.batch_size, self.rng, self.foundation = steps, batch_size, rng, foundation
@@ -350,6 +386,18 @@ class _Run:
         self.sched = torch.optim.lr_scheduler.LambdaLR(
             self.opt, lambda s: min(1.0, (s + 1) / (self.warmup + 1)) if self.warmup else 1.0)
         self._order: list[int] = []
+        self.anchors, self.distill_per_step, self.kl_weight = anchors or [], distill_per_step, kl_weight
+        self._anchor_order: list[int] = []
+        self.penalty_shares: list[float] = []
+        self.kls: list[float] = []
+
+    def _next_anchors(self) -> list[_Example]:
+        out = []
+        while len(out) < min(self.distill_per_step, len(self.anchors)):
+            if not self._anchor_order:
+                self._anchor_order = self.rng.permutation(len(self.anchors)).tolist()
+            out.append(self.anchors[self._anchor_order.pop()])
+        return out
 
     def _next_new(self, n: int) -> list[_Example]:
         # Epochs over a fresh permutation each time, so every sample is seen equally often.
@@ -397,8 +445,17 @@ class _Run:
         # per-example Fisher; consistent across runs, which is what the anchor needs.
         self.ewc.accumulate({n: p.grad for n, p in self.params.items() if p.grad is not None})
         penalty = self.ewc.penalty(self.params)
-        if penalty.requires_grad:
-            penalty.backward()
+        extra = penalty
+        if self.anchors:
+            kl = distillation_kl(self.model, self._next_anchors(), self.pad_id)
+            self.kls.append(float(kl.detach()))
+            extra = extra + self.kl_weight * kl
+        # The penalty's share of the loss it is added to, logged so that λ can be judged
+        # (learning/ewc.py): a share, not a ratio, as the task loss of a learned fact nears 0.
+        pen = float(penalty.detach())
+        self.penalty_shares.append(pen / max(pen + float(task.detach()), 1e-12))
+        if extra.requires_grad:
+            extra.backward()
         torch.nn.utils.clip_grad_norm_(list(self.params.values()), self.training.max_grad_norm)
         self.opt.step()
         self.sched.step()
@@ -408,5 +465,5 @@ class _Run:
         return float(task.detach())
 
 
-__all__ = ["TRAIN_FILE", "TrainResult", "TrainingCancelled", "encode_example", "per_example_loss",
+__all__ = ["TRAIN_FILE", "TrainResult", "TrainingCancelled", "distillation_kl", "encode_example", "per_example_loss",
            "sample_losses", "train_adapter"]

@@ -217,17 +217,27 @@ def unmentioned(question: str, passages: Sequence[str], *, dated: bool = True) -
     return sorted(missing, key=question.casefold().find)
 
 
+_AMOUNT = r"(?:[$€£]\s*\d[\d.,]*|\d[\d.,]*\s*(?:million|billion|thousand)?\s*(?:dollars|euros?|usd|eur)\b)"
+_PAID = r"(?:paid|pay|price|consideration|purchase|spent|spend|cost|bezahlt|gezahlt|kaufpreis)"
 _ASKED_UNITS: tuple[tuple[re.Pattern[str], re.Pattern[str], str], ...] = tuple(
     (re.compile(q, re.IGNORECASE), re.compile(a, re.IGNORECASE), what) for q, a, what in (
         (r"\b(?:how|wie) many (?:hours|stunden)\b|\bwie viele stunden\b", r"\d\s*(?:hours|stunden)\b", "a number of hours"),
         (r"\bhow many euros?\b|\bwie viele? euro\b|\bin euros?\b",
          r"(?:\d[\d .,]*|\w+(?:tausend|hundert)|\w*million\w*)\s*(?:eur|euro)\b|€\s*\d", "an amount in euros"),
         (r"\bmg/dl\b", r"mg/dl", "a value in mg/dL"),
+        (r"\b(?:what|which) temperatures?\b|\bhow (?:hot|cold|warm)\b|\bwelche temperatur",
+         r"\d\s*(?:°|℃|degrees?\b|grad\b)", "a temperature"),
         (r"\b(?:what|which) dose\b|\bwelche dosis\b", r"\d\s*(?:mg|g|ml|µg|mcg|units?|iu|ie)\b", "a dose"),
         (r"\bhow much (?:does|do|did|would) .{1,80}\bcost\b|\bwhat (?:does|did) .{1,80}\bcost\b",
          r"[$€£]\s*\d|\d\s*(?:dollars|euros?|eur|usd)\b", "a price"),
+        # What was paid for something: an amount is not enough (a filing is full of them); it
+        # must stand within a few words of paying, a price or a consideration.
+        (r"\bhow much (?:did|does|do|will|would) .{1,80}\b(?:pay|spend)\b|\bwhat (?:did|does) .{1,80}\bpay\b|"
+         r"\b(?:purchase|acquisition) price\b|\bwie viel (?:hat|zahlte|bezahlte) .{1,80}\b(?:bezahlt|gezahlt)\b",
+         rf"{_AMOUNT}(?:\W+\w+){{0,8}}?\W+{_PAID}|{_PAID}\w*(?:\W+\w+){{0,8}}?\W+{_AMOUNT}", "an amount paid"),
     ))
-"""Questions that ask for a quantity in a unit (hours, euros, mg/dL, a dose, a price), and
+"""Questions that ask for a quantity in a unit (hours, euros, mg/dL, a temperature, a dose, a price, an
+amount paid), and
 what a passage that answers them must hold: a number with that unit."""
 
 
@@ -243,7 +253,22 @@ def missing_unit(question: str, passages: Sequence[str]) -> str | None:
     Besides the units of :data:`_ASKED_UNITS`, "how many X" asks for a count of X: some
     passage must put a number within a few words before an X ("voting members" → "… 27
     members …"); "how many of the …" counts something named later and is not checked.
+
+    A question built on rare words or names ("What dose of zoledronic acid…", "…to acquire
+    TOKIN?") asks for the quantity of that subject: only passages that mention all of them
+    count — a dose in a passage about another drug is not its dose.
     """
+    subject = [*rare_words(question), *names(question)]
+    if subject:
+        passages = [p for p in passages
+                    if all(_mentioned(w, p.casefold(), {t.casefold() for t in _WORD.findall(p)}) for w in subject)]
+    roles = _asked_roles(question)
+    if roles:
+        # A controller's 72 hours are not the processor's deadline: when the question names a
+        # party, a figure counts only in a sentence that names that party (a sentence read
+        # with its antecedent when it opens by pointing back).
+        passages = [" ".join(p[a:b] for a, b in with_antecedent(p) if not _about_other(p[a:b], roles))
+                    for p in passages]
     text = " ".join(passages)
     for asked, answer, what in _ASKED_UNITS:
         if asked.search(question) and not answer.search(text):
@@ -256,6 +281,46 @@ def missing_unit(question: str, passages: Sequence[str]) -> str | None:
         if not near.search(text):
             return f"a number of {noun}"
     return None
+
+
+COUNTERPARTS: tuple[tuple[str, str], ...] = (
+    ("controller", "processor"), ("verantwortliche", "auftragsverarbeiter"), ("employer", "employee"),
+    ("arbeitgeber", "arbeitnehmer"), ("landlord", "tenant"), ("vermieter", "mieter"), ("seller", "buyer"),
+    ("verkäufer", "käufer"), ("lender", "borrower"), ("darlehensgeber", "darlehensnehmer"),
+)
+"""Parties a rule is written for in pairs: a question about one asks about its duties, and a
+sentence about the other alone does not answer it — the classic near miss of legal texts."""
+
+
+def _role(word: str) -> re.Pattern[str]:
+    return re.compile(rf"\b{re.escape(word)}\w*", re.IGNORECASE)
+
+
+def _asked_roles(question: str) -> list[tuple[re.Pattern[str], re.Pattern[str]]]:
+    """``(asked, other)`` for each pair of :data:`COUNTERPARTS` the question names: the party
+    named first is the one whose duty is asked ("must a processor notify the controller",
+    "muss der Auftragsverarbeiter den Verantwortlichen…": the subject comes before the object)."""
+    out = []
+    for a, b in COUNTERPARTS:
+        ra, rb = _role(a), _role(b)
+        ma, mb = ra.search(question), rb.search(question)
+        if ma and (mb is None or ma.start() < mb.start()):
+            out.append((ra, rb))
+        elif mb:
+            out.append((rb, ra))
+    return out
+
+
+def _about_other(sentence: str, roles: list[tuple[re.Pattern[str], re.Pattern[str]]]) -> bool:
+    """The sentence does not name every party whose duty the question asks about."""
+    return any(not asked.search(sentence) for asked, _ in roles)
+
+
+def asked_years(question: str) -> list[str]:
+    """The years a question names ("in 2017", "fiscal 2019"), in order. In sources that are
+    not dated editions (a filing, a study) such a year is what the question is about, and an
+    answer must state it: a sentence about 2019 does not answer for 2017."""
+    return list(dict.fromkeys(_YEAR_IN_TEXT.findall(question)))
 
 
 def features(question: str, ranked: Sequence[Sentence], hits: Sequence[Any]) -> dict[str, float]:

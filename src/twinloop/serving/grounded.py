@@ -21,9 +21,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from twinloop.knowledge.retrieval import article_number
 from twinloop.serving.evidence import (
     Answerability,
     Sentence,
+    asked_years,
     content_words,
     features,
     missing_unit,
@@ -38,7 +40,7 @@ from twinloop.serving.quotes import (
     parse_claims,
     quotable,
 )
-from twinloop.serving.scope import Catalog, ScopeVerdict, out_of_scope
+from twinloop.serving.scope import Catalog, ScopeVerdict, out_of_scope, pinpoints
 
 Status = Literal["answered", "cannot_verify", "out_of_scope"]
 
@@ -77,6 +79,11 @@ class Decision:
     features: dict[str, float] = field(default_factory=dict)
     probability: float | None = None
     threshold: float | None = None
+    allowed: frozenset[int] | None = None
+    """The passages (1-based) claims may quote: those of the provision the question names
+    (:func:`scope.pinpoints`); None when it names none."""
+    years: tuple[str, ...] = ()
+    """Years the answer's quotes must state (:func:`evidence.asked_years`; undated sources only)."""
 
     def searched(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -97,26 +104,37 @@ def decide(question: str, domains: list[str], hits: Sequence[Any], catalog: Cata
         return Decision("out_of_scope", verdict.reason, verdict=verdict)
     if not hits:
         return Decision("cannot_verify", "nothing in the index matched the question")
-    texts = [h.text for h in hits]
     # Sources with jurisdictions are dated editions (law): a year in the question is an as-of
     # date there. Elsewhere (a filing, a study) the year is what the question is about.
     dated = any(catalog.jurisdictions.get(d) for d in domains)
+    allowed = None
+    pins = pinpoints(question, catalog) if dated else set()
+    if pins:
+        # When none of the named provision's passages was retrieved, the others stay: the rule
+        # a question names often sends elsewhere for its procedure ("a delegated act under
+        # Article 12(8)" is governed by Article 92), and the answerability model still decides.
+        allowed = frozenset(n for n, h in enumerate(hits, start=1)
+                            if (h.citation.get("code"), article_number(h.citation.get("article"))) in pins) or None
+    texts = [h.text for h in hits]
     missing = unmentioned(question, texts, dated=dated)
     if missing:
         # The question is about something no retrieved passage names (a company, a drug, a
         # year): whatever the passages say, it is not about that.
         return Decision("cannot_verify", f"no passage found mentions {', '.join(repr(m) for m in missing[:3])}")
-    unit = missing_unit(question, texts)
+    unit = missing_unit(question, [h.text for n, h in enumerate(hits, start=1) if allowed is None or n in allowed])
     if unit is not None:
         return Decision("cannot_verify", f"the question asks for {unit}, and no passage found gives one")
     ranked = rank_sentences(question, [h.text for h in hits], embedder, query_vector, [h.score for h in hits])
     feats = features(question, ranked, hits)
+    if allowed is not None:
+        ranked = [r for r in ranked if r.n in allowed]
+    extra = {"allowed": allowed, "years": () if dated else tuple(asked_years(question))}
     p = answerability.probability(feats)
     threshold = max(answerability.threshold(d) for d in domains) if domains else answerability.default
     if p < threshold:
         return Decision("cannot_verify", "the passages found do not answer the question", ranked=ranked,
-                        features=feats, probability=p, threshold=threshold)
-    return Decision("answered", ranked=ranked, features=feats, probability=p, threshold=threshold)
+                        features=feats, probability=p, threshold=threshold, **extra)
+    return Decision("answered", ranked=ranked, features=feats, probability=p, threshold=threshold, **extra)
 
 
 @dataclass
@@ -175,10 +193,29 @@ class Grounded:
     claims: list[GroundedClaim]
     mode: Literal["generated", "extractive"]
     dropped: list[str] = field(default_factory=list)
+    refusal: str = ""
+    """Why there is no answer although quotes were found (they do not state the year asked about)."""
 
 
-def assemble(question: str, tokens: Sequence[int], q: Quoting, ranked: Sequence[Sentence]) -> Grounded:
-    """Claims from the generated tokens, checked; the extractive fallback when none survive."""
+def assemble(question: str, tokens: Sequence[int], q: Quoting, ranked: Sequence[Sentence],
+             allowed: frozenset[int] | None = None, years: Sequence[str] = ()) -> Grounded:
+    """Claims from the generated tokens, checked; the extractive fallback when none survive.
+
+    ``allowed``: the passages claims may quote (the provision the question names); ``years``:
+    years the quotes together must state, else there is no answer (:class:`Decision`).
+    """
+    made = _assemble(question, tokens, q, ranked, allowed)
+    stated = " ".join(c.text for c in made.claims)
+    missing = [y for y in years if y not in stated]
+    if made.claims and missing:
+        # A filing's sentence about 2019 does not answer for 2017, however close its wording.
+        return Grounded([], made.mode, made.dropped,
+                        f"no passage found states {', '.join(missing)}, the year the question asks about")
+    return made
+
+
+def _assemble(question: str, tokens: Sequence[int], q: Quoting, ranked: Sequence[Sentence],
+              allowed: frozenset[int] | None) -> Grounded:
     relevance = {(s.n, s.start, s.end): s.score for s in ranked}
     words = content_words(question)
     kept: list[GroundedClaim] = []
@@ -187,6 +224,9 @@ def assemble(question: str, tokens: Sequence[int], q: Quoting, ranked: Sequence[
         text = q.passages[c.n - 1].text
         if not c.complete:  # cut off by the token limit: a fragment, not a statement
             dropped.append(f"[{c.n}] cut off by the token limit")
+            continue
+        if allowed is not None and c.n not in allowed:
+            dropped.append(f"[{c.n}] not from the provision the question names")
             continue
         if not _numbers_supported(c, text):
             dropped.append(f"[{c.n}] numbers or dates not in the passage it cites")

@@ -241,7 +241,7 @@ class AnswerPipeline:
         claims: list[Claim] = []
         cited: dict[int, str] = {}
         possibly_related: list[dict] = []
-        grounded, dropped = False, []
+        grounded, dropped, refusal = False, [], ""
         if prep.correction is not None:
             c = prep.correction.correction
             status, mode, grounded = "answered", "correction", True
@@ -258,8 +258,9 @@ class AnswerPipeline:
             status = prep.decision.status
             if status == "answered" and result is not None and prep.quoting is not None:
                 ranked = [s for s in prep.decision.ranked if s.n <= len(top)]
-                made = assemble(req.query, result.token_ids, prep.quoting, ranked)
-                mode, dropped = made.mode, made.dropped
+                made = assemble(req.query, result.token_ids, prep.quoting, ranked, prep.decision.allowed,
+                                prep.decision.years)
+                mode, dropped, refusal = made.mode, made.dropped, made.refusal
                 for c in made.claims:
                     claims.append(Claim(c.text, list(c.citations)))
                     cited.setdefault(c.n, c.text)
@@ -274,7 +275,7 @@ class AnswerPipeline:
                 mode = "refused"
                 possibly_related = [{"n": i, "label": h.label, "uri": h.citation.get("uri"), "domain": h.domain,
                                      "score": h.score} for i, h in enumerate(top[:POSSIBLY_RELATED], start=1)]
-            summary, verification = _grounded_summary(status, prep, claims, mode, dropped)
+            summary, verification = _grounded_summary(status, prep, claims, mode, dropped, refusal)
         else:
             status, mode = "answered", "free"
             summary = result.text.strip() if result is not None else ""
@@ -348,7 +349,7 @@ class AnswerPipeline:
 
 
 def _grounded_summary(status: str, prep: Prepared, claims: list[Claim], mode: str,
-                      dropped: list[str]) -> tuple[str, str]:
+                      dropped: list[str], refusal: str = "") -> tuple[str, str]:
     """The summary a user reads, and the one-line verification note."""
     where = ", ".join(prep.domains)
     when = f"as of {prep.as_of}"
@@ -358,7 +359,7 @@ def _grounded_summary(status: str, prep: Prepared, claims: list[Claim], mode: st
         return f"Out of scope: {reason} Searched: {where} ({when}{jur}).", reason
     if status == "cannot_verify":
         reason = prep.decision.reason if prep.decision and prep.decision.status != "answered" else \
-            "no quoted sentence of the passages answers it"
+            (refusal or "no quoted sentence of the passages answers it")
         return (f"I cannot verify an answer to this from the sources I hold ({reason}). Searched: {where} "
                 f"({when}{jur}). The nearest passages are listed as possibly related; they are not an answer.",
                 reason)

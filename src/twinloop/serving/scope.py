@@ -137,6 +137,41 @@ def _mentions(text: str, name: str) -> bool:
     return re.search(r"(?<![\w])" + re.escape(name) + r"(?![\w])", text) is not None
 
 
+def _named_sources(question: str, gz: Gazetteer) -> list[Source]:
+    """The sources ``question`` names ("CCPA", "StGB", "Article 150 GDPR"), in order. A mention
+    inside a longer one ("GDPR" in "UK GDPR") is that longer source's."""
+    q = " " + question.casefold() + " "
+    spans = []
+    for src in gz.sources:
+        for a in src.aliases:
+            for m in re.finditer(r"(?<![\w])" + re.escape(a) + r"(?![\w])", q):
+                spans.append((m.start(), m.end(), src))
+    named = [s for s in spans if not any(o[0] <= s[0] and s[1] <= o[1] and (o[1] - o[0]) > (s[1] - s[0])
+                                         for o in spans)]
+    return list(dict.fromkeys(s[2] for s in sorted(named, key=lambda s: s[0])))
+
+
+def pinpoints(question: str, catalog: Catalog, gazetteer: Gazetteer | None = None) -> set[tuple[str, str]]:
+    """The ``(code as stored, article number)`` pairs a question names in held sources: "§ 42
+    BDSG" → ``{("BDSG 2018", "42"), ("BDSG 1990", "42")}`` where both editions hold a § 42.
+
+    A question that names its provision is answered from that provision only: § 43's fine is
+    not the answer to "how high is the fine in § 42?", however close its wording
+    (docs/DESIGN.md "Serving"). Empty when no held source is named with an article.
+    """
+    out: set[tuple[str, str]] = set()
+    for src in _named_sources(question, gazetteer or default_gazetteer()):
+        for m in _ARTICLE.finditer(question):
+            for c in src.stored_as:
+                held = catalog.articles.get(c, frozenset())
+                number = m.group(1) + (m.group(3) or "").lower()
+                if number in held:
+                    out.add((c, number))
+                elif m.group(3) and m.group(2) and m.group(1) in held:
+                    out.add((c, m.group(1)))  # "Article 6 a": a point of Article 6
+    return out
+
+
 def out_of_scope(question: str, domains: list[str], catalog: Catalog, jurisdiction: str | None = None,
                  gazetteer: Gazetteer | None = None, as_of: str | None = None) -> ScopeVerdict | None:
     """The reason ``question`` asks for a jurisdiction, source or article the index does not
@@ -155,22 +190,14 @@ def out_of_scope(question: str, domains: list[str], catalog: Catalog, jurisdicti
         return ScopeVerdict(f"The index holds no sources for jurisdiction {jurisdiction}; it holds {holds}.",
                             {"jurisdiction": jurisdiction})
     q = " " + question.casefold() + " "
-    # A named source first: "CCPA", "StGB", "Article 150 GDPR". A mention inside a longer
-    # one ("GDPR" in "UK GDPR") is that longer source's.
-    spans = []
-    for src in gz.sources:
-        for a in src.aliases:
-            for m in re.finditer(r"(?<![\w])" + re.escape(a) + r"(?![\w])", q):
-                spans.append((m.start(), m.end(), src))
-    named = [s for s in spans if not any(o[0] <= s[0] and s[1] <= o[1] and (o[1] - o[0]) > (s[1] - s[0])
-                                         for o in spans)]
-    for src in dict.fromkeys(s[2] for s in sorted(named, key=lambda s: s[0])):
+    named = _named_sources(question, gz)
+    for src in named:
         stored = [c for c in src.stored_as if c in catalog.articles]
         if not stored:
             return ScopeVerdict(f"The index does not hold {src.code} ({src.jurisdiction}); its legal sources are "
                                 f"{', '.join(sorted(catalog.articles)) or 'none'}.",
                                 {"source": src.code, "jurisdiction": src.jurisdiction})
-    for src in dict.fromkeys(s[2] for s in sorted(named, key=lambda s: s[0])):
+    for src in named:
         stored = [c for c in src.stored_as if c in catalog.articles]
         if as_of is not None:
             # No edition of the source in force that day: the index does not hold the law the
