@@ -69,3 +69,12 @@ def test_the_adapters_track_consolidates_at_each_checkpoint_on_the_tiny_model(ti
     for point in doc["adapters"]:
         assert 0.0 <= point["locality"]["mean"] <= 1.0 and 0.0 <= point["retention"]["mean"] <= 1.0
     assert "Adapters alone" in (tmp_path / "out" / "edits.md").read_text()
+
+
+def test_both_tracks_together_take_memory_first_on_the_tiny_model(tiny_settings, tmp_path):
+    doc = run(tiny_settings, EditsConfig(n=2, seeds=(0,), max_tokens=4, checkpoints=(1,),
+                                         modes=("memory", "adapters")), tmp_path / "out", log=lambda _line: None)
+    assert [p["T"] for p in doc["both"]] == [1, 2]
+    # The corrected question is served from memory, so together they are as reliable as memory.
+    assert doc["both"][-1]["reliability"]["mean"] == doc["summary"][-1]["reliability"]["mean"] == 1.0
+    assert "## Both" in (tmp_path / "out" / "edits.md").read_text()

@@ -131,13 +131,16 @@ class ConsolidationConfig(_Section):
     model_paraphrases: int = Field(default=2, ge=0, le=16)
     """Rewordings by the base model itself, kept only when they pass the paraphrase filter
     (subject kept, answer not leaked, close in meaning)."""
-    distill_prompts: int = Field(default=16, ge=0, le=512)
+    distill_prompts: int = Field(default=64, ge=0, le=512)
     """General prompts whose base-model answers are replayed (self-distillation): the adapter
     is pulled back to the base model's own distribution on them."""
-    distill_per_step: int = Field(default=2, ge=0, le=64)
+    distill_per_step: int = Field(default=4, ge=0, le=64)
     """Self-distillation examples in each training step."""
-    kl_weight: float = Field(default=1.0, ge=0.0, le=100.0)
-    """Weight of the KL term KL(base ‖ adapter) on the self-distillation examples."""
+    kl_weight: float = Field(default=10.0, ge=0.0, le=100.0)
+    """Weight of the KL term KL(base ‖ adapter) on the self-distillation examples. Measured on
+    the editing evaluation (10 made-up facts, real models): at 1 with 2 prompts a step, the
+    packs' QA content fell from 21 % to 3 %; at 10 with 4 a step it held at 18 %, reliability
+    0.8 (docs/DESIGN.md "Facts measured here")."""
 
 
 class ReplayConfig(_Section):

@@ -23,6 +23,11 @@ class DataDir:
         return self._dir("cache", "foundation")
 
     @property
+    def distill_cache(self) -> Path:
+        """The base model's answers to the self-distillation prompts, one file per (base, prompts)."""
+        return self._dir("cache", "distill")
+
+    @property
     def artifacts(self) -> Path:
         """Content-addressed artifacts (adapters, index files)."""
         return self._dir("artifacts")

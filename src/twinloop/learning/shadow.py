@@ -193,7 +193,7 @@ def run_shadow_training(inputs: ShadowInputs, job_id: str, domains: list[str] | 
             # are replayed under a KL term (learning/consolidation.py).
             samples = with_paraphrases([_sample(r) for r in rows], settings.consolidation, inputs.foundation,
                                        seed=seed_used)
-            distill = distill_pairs(inputs.foundation, settings.consolidation)
+            distill = distill_pairs(inputs.foundation, settings.consolidation, inputs.data_dir.distill_cache)
             batch = max(1, min(settings.training.batch_size, len(samples) + replay.size(domain)))
             result = train_adapter(
                 inputs.foundation, samples, lora=settings.lora, ewc_cfg=settings.ewc,

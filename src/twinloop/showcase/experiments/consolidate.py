@@ -57,7 +57,7 @@ class AdapterTrack:
 
         self._round += 1
         cfg = self.settings.consolidation
-        distill = distill_pairs(self.foundation, cfg)
+        distill = distill_pairs(self.foundation, cfg, self.runtime.data_dir.distill_cache)
         by_domain: dict[str, list[Any]] = {}
         for r in rows:
             by_domain.setdefault(r["domain"], []).append(

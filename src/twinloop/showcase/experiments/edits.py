@@ -105,7 +105,7 @@ def run(settings, config: EditsConfig, out_dir: Path, *, log=print) -> dict[str,
 
                 before = {r["id"]: ask(r["locality"], r["domain"])["text"] for r in order} \
                     if "memory" in config.modes else {}
-                latencies, points, adapter_points = [], [], []
+                latencies, points, adapter_points, both_points = [], [], [], []
                 marks = sorted({t for t in config.checkpoints if t < config.n} | {config.n})
                 track = None
                 if "adapters" in config.modes:
@@ -119,18 +119,30 @@ def run(settings, config: EditsConfig, out_dir: Path, *, log=print) -> dict[str,
                     retention_before = sum(content(a, c) for a, c in zip(base_qa, cases, strict=True)) / len(cases)
                 consolidated = [0]  # facts already trained into the adapters
 
-                def probe_adapters(t: int) -> None:
-                    """Consolidate the facts since the last checkpoint, then probe the first ``t``."""
+                def probe_adapters(t: int, served: dict[str, list[dict[str, Any]]] | None = None) -> None:
+                    """Consolidate the facts since the last checkpoint, then probe the first ``t``;
+                    with the memory track's ``served`` answers, also both together (memory first,
+                    the adapted model's answer where no correction is in scope)."""
                     track.consolidate(order[consolidated[0]:t], log)
                     consolidated[0] = t
                     done = order[:t]
-                    rel = [contains(a, r) for a, r in zip(track.answers(
-                        [(r["question"], r["domain"]) for r in done], config.max_tokens), done, strict=True)]
                     asked = [(p, r) for r in done for p in r["paraphrases"]]
-                    gen = [contains(a, r) for a, (_, r) in zip(track.answers(
-                        [(p, r["domain"]) for p, r in asked], config.max_tokens), asked, strict=True)]
-                    loc = [a == base_local[r["id"]] for a, r in zip(track.answers(
-                        [(r["locality"], r["domain"]) for r in done], config.max_tokens), done, strict=True)]
+                    said = {"rel": track.answers([(r["question"], r["domain"]) for r in done], config.max_tokens),
+                            "gen": track.answers([(p, r["domain"]) for p, r in asked], config.max_tokens),
+                            "loc": track.answers([(r["locality"], r["domain"]) for r in done], config.max_tokens)}
+                    rel = [contains(a, r) for a, r in zip(said["rel"], done, strict=True)]
+                    gen = [contains(a, r) for a, (_, r) in zip(said["gen"], asked, strict=True)]
+                    loc = [a == base_local[r["id"]] for a, r in zip(said["loc"], done, strict=True)]
+                    if served is not None:
+                        both = {k: [m["text"] if m["mode"] == "correction" else a
+                                    for m, a in zip(served[k], said[k], strict=True)] for k in said}
+                        both_points.append({
+                            "T": t,
+                            "reliability": sum(contains(a, r) for a, r in zip(both["rel"], done, strict=True)) / t,
+                            "generalisation": sum(contains(a, r) for a, (_, r) in zip(both["gen"], asked, strict=True))
+                            / len(asked),
+                            "locality": sum(a == base_local[r["id"]] for a, r in zip(both["loc"], done, strict=True))
+                            / t})
                     kept = sum(content(a, c) for a, c in zip(track.answers(
                         [(c["query"], c["domain"]) for c in cases], 48), cases, strict=True)) / len(cases)
                     adapter_points.append({"T": t, "reliability": sum(rel) / len(rel),
@@ -153,18 +165,24 @@ def run(settings, config: EditsConfig, out_dir: Path, *, log=print) -> dict[str,
                     latencies.append((time.perf_counter() - t0) * 1000)
                     if served["mode"] != "correction":
                         log(f"seed {seed} edit {t}: not served from memory ({served['status']})")
+                    served = None
                     if t in marks:
                         done = order[:t]
-                        rel = [contains(ask(r["question"], r["domain"])["text"], r) for r in done]
-                        gen = [contains(ask(p, r["domain"])["text"], r) for r in done for p in r["paraphrases"]]
-                        loc = [ask(r["locality"], r["domain"])["text"] == before[r["id"]] for r in done]
+                        served = {"rel": [ask(r["question"], r["domain"]) for r in done],
+                                  "gen": [ask(p, r["domain"]) for r in done for p in r["paraphrases"]],
+                                  "loc": [ask(r["locality"], r["domain"]) for r in done]}
+                        rel = [contains(a["text"], r) for a, r in zip(served["rel"], done, strict=True)]
+                        gen = [contains(a["text"], r) for a, r in zip(
+                            served["gen"], [r for r in done for _ in r["paraphrases"]], strict=True)]
+                        loc = [a["text"] == before[r["id"]] for a, r in zip(served["loc"], done, strict=True)]
                         points.append({"T": t, "reliability": sum(rel) / len(rel),
                                        "generalisation": sum(gen) / len(gen), "locality": sum(loc) / len(loc)})
                         log(f"seed {seed} T={t}: " + ", ".join(f"{k} {v:.3f}" for k, v in points[-1].items()
                                                              if k != "T"))
                     if t in marks and track is not None:
-                        probe_adapters(t)
+                        probe_adapters(t, served)
                 per_seed.append({"seed": seed, "points": points, "adapter_points": adapter_points,
+                                 "both_points": both_points,
                                  "training": track.trained if track is not None else [],
                                  "latency_ms": {"p50": percentile(latencies, 50), "p95": percentile(latencies, 95)}
                                  if latencies else None})
@@ -195,6 +213,7 @@ def _document(config: EditsConfig, per_seed: list[dict[str, Any]], seconds: floa
             "summary": _summary(per_seed, "points", ("reliability", "generalisation", "locality")),
             "adapters": _summary(per_seed, "adapter_points", ("reliability", "generalisation", "locality",
                                                                "retention", "retention_before")),
+            "both": _summary(per_seed, "both_points", ("reliability", "generalisation", "locality")),
             "latency_ms": {k: interval([s["latency_ms"][k] for s in timed]) for k in ("p50", "p95")} if timed else None,
             "per_seed": per_seed}
 
@@ -223,6 +242,12 @@ def markdown(doc: dict[str, Any]) -> str:
         for row in doc["adapters"]:
             lines.append(f"| {row['T']} | {_fmt(row['reliability'])} | {_fmt(row['generalisation'])} | "
                          f"{_fmt(row['locality'])} | {_fmt(row['retention'])} | {_fmt(row['retention_before'])} |")
+    if doc.get("both"):
+        lines += ["", "## Both (memory first; the adapted model where no correction is in scope)", "",
+                  "| T | reliability | generalisation | locality |", "|---|---|---|---|"]
+        for row in doc["both"]:
+            lines.append(f"| {row['T']} | {_fmt(row['reliability'])} | {_fmt(row['generalisation'])} | "
+                         f"{_fmt(row['locality'])} |")
     lat = doc["latency_ms"]
     if lat:
         lines += ["", f"Correction → served, cited answer: p50 {_fmt(lat['p50'])} ms, p95 {_fmt(lat['p95'])} ms."]
