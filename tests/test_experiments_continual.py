@@ -102,11 +102,17 @@ def test_config_names_the_bad_value(kwargs, message):
         EvalConfig(**kwargs)
 
 
-def test_quick_config_is_the_ci_shape():
+def test_quick_config_is_the_ci_shape(tmp_path):
     cfg = quick_config()
     assert cfg.methods == ("Static", "NaiveAdapters", "TwinLoop")
     assert cfg.cycles == 1 and cfg.domains == ("law", "med") and cfg.facts_per_step == 2
     assert not cfg.report
+    # Lighter consolidation for CI, passed to the adapter methods' settings.
+    from twinloop.kernel.config import load_settings
+    from twinloop.showcase.experiments.methods import method_settings
+
+    settings = method_settings(load_settings(), tmp_path / "unused", cfg.params())
+    assert settings.consolidation.model_paraphrases == 0 and settings.consolidation.distill_prompts == 8
 
 
 def test_cli_bad_method_is_one_line_exit_2(tmp_path):

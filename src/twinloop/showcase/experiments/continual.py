@@ -103,6 +103,8 @@ class EvalConfig:
     threads: int | None = None
     foundation: dict[str, Any] | None = None
     report: bool = False
+    consolidation: dict[str, Any] | None = None
+    """Overrides of the ``consolidation`` settings for the adapter methods' Shadow runs."""
 
     def __post_init__(self) -> None:
         for name in ("cycles", "facts_per_step", "probes_per_fact", "steps", "batch_size", "max_tokens",
@@ -134,7 +136,8 @@ class EvalConfig:
 
     def params(self) -> MethodParams:
         return MethodParams(steps=self.steps, lr=self.lr, full_lr=self.full_lr, batch_size=self.batch_size,
-                            seed=self.seed, max_tokens=self.max_tokens, threads=self.threads)
+                            seed=self.seed, max_tokens=self.max_tokens, threads=self.threads,
+                            consolidation=self.consolidation)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -145,10 +148,13 @@ def quick_config(**overrides: Any) -> EvalConfig:
 
     Fewer, smaller steps at a higher learning rate than the full mode (16 steps of 2 examples
     at 3e-3 rather than 30 of 4 at 2e-3) so that it finishes in about four minutes on a 2-core
-    CPU (with the full mode's steps it took six); no real-QA check.
+    CPU (with the full mode's steps it took six); no real-QA check. Consolidation is lightened
+    the same way — 8 self-distillation prompts, 2 a step, no model paraphrases — since each
+    Shadow worker generates the base's answers afresh in a new data directory.
     """
     base = dict(mode="quick", domains=("law", "med"), cycles=1, facts_per_step=2, probes_per_fact=2,
-                methods=QUICK_METHODS, steps=16, lr=3e-3, batch_size=2, real_cases_per_domain=0)
+                methods=QUICK_METHODS, steps=16, lr=3e-3, batch_size=2, real_cases_per_domain=0,
+                consolidation={"distill_prompts": 8, "distill_per_step": 2, "model_paraphrases": 0})
     return EvalConfig(**{**base, **overrides})
 
 

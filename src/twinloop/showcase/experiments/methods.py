@@ -101,6 +101,7 @@ class MethodParams:
         max_tokens: Completion limit of every answer.
         threads: Torch threads for training; None: the worker's default (cores − 1).
         augment: Also train on each fact's paraphrased prompt (``source="augmentation"``).
+        consolidation: Overrides of the ``consolidation`` settings.
     """
 
     steps: int
@@ -111,6 +112,8 @@ class MethodParams:
     max_tokens: int
     threads: int | None = None
     augment: bool = True
+    consolidation: dict[str, Any] | None = None
+    """Overrides of the ``consolidation`` settings (the quick mode lightens them for CI)."""
 
 
 @dataclass
@@ -175,6 +178,8 @@ def method_settings(base: Settings, data_dir: Path, params: MethodParams, *, ewc
     if params.threads is not None:
         doc["foundation"]["threads"] = params.threads
     doc["training"].update(batch_size=params.batch_size, seed=params.seed)
+    if params.consolidation:
+        doc["consolidation"].update(params.consolidation)
     if not ewc:
         doc["ewc"]["lam"] = 0.0
     if not replay:
