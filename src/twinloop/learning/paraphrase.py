@@ -27,7 +27,7 @@ import numpy as np
 from twinloop.kernel.errors import InvalidInputError
 from twinloop.kernel.text import normalise_text
 from twinloop.learning.sample import Sample
-from twinloop.serving.evidence import names, rare_words
+from twinloop.knowledge.terms import names, rare_words
 
 REWRITE_SYSTEM = "Rewrite the user's question in different words. Reply with the rewritten question only."
 """The system prompt that asks the base model for one paraphrase."""
@@ -139,8 +139,8 @@ def keep_paraphrase(original: str, candidate: str, answer: str, embedder: Any = 
     Rejects an empty candidate, one over :data:`MAX_LENGTH_RATIO` times the original's length,
     the original itself (case and spacing ignored), one that states ``answer`` (as a whole
     word or phrase, case-insensitive) where the original does not, one that drops a name, number
-    or rare word of the original (:func:`~twinloop.serving.evidence.names`,
-    :func:`~twinloop.serving.evidence.rare_words`), one that is no question, and — with an
+    or rare word of the original (:func:`~twinloop.knowledge.terms.names`,
+    :func:`~twinloop.knowledge.terms.rare_words`), one that is no question, and — with an
     ``embedder`` (``encode(list[str])`` giving L2-normalised rows) — one whose cosine with the
     original is below ``min_similarity``.
     """

@@ -28,17 +28,14 @@ from typing import Any
 import numpy as np
 
 from twinloop.kernel.errors import ConfigError
+from twinloop.knowledge.terms import (  # noqa: F401 (STOPWORDS re-exported: the evidence's vocabulary)
+    STOPWORDS,
+    content_words,
+    names,
+    rare_words,
+)
 from twinloop.serving.sentences import with_antecedent
 
-_WORD = re.compile(r"\w+", re.UNICODE)
-STOPWORDS = frozenset(
-    "a an the and or but if of to in on at by for with from as is are was were be been being it its this "
-    "that these those there their they them he she his her we you your our i me my not no yes do does did "
-    "can could may might must shall should will would has have had which who whom what when where why how "
-    "also such than then so very into about under over any all each other more most some only own same "
-    "much many long there here whether per within without up down out".split()
-)
-"""Words that say nothing about what a question is after."""
 
 FEATURES = ("sentence_cos", "coverage", "dense", "lexical_hit", "name_coverage", "quantity_match")
 """sentence_cos: the best sentence's cosine with the question; coverage: the best passage's
@@ -62,10 +59,8 @@ NUMBERLESS_WEIGHT = 0.7
 without a number (digits or a number word) ranks at this share of its score — the sentence
 restating the question ("The aim of this study was…") then yields to the one with the figure."""
 _DIGIT = re.compile(r"\d")
-
-
-def content_words(text: str) -> set[str]:
-    return {w.casefold() for w in _WORD.findall(text) if w.casefold() not in STOPWORDS and len(w) > 1}
+_WORD = re.compile(r"\w+", re.UNICODE)
+_YEAR_IN_TEXT = re.compile(r"\b(?:19|20)\d\d\b")
 
 
 def _stem(word: str) -> str:
@@ -137,58 +132,6 @@ def rank_sentences(question: str, passages: Sequence[str], embedder: Any,
             seen.add(key)
             unique.append(s)
     return unique
-
-
-_GERMAN = frozenset("der die das und nach welche welcher welches wie wer wann ist im dem des ein eine von vor "
-                    "mit für darf muss kann bis wird wurde".split())
-_CITING = frozenset("gdpr dsgvo article articles art abs section paragraph regulation bdsg gg eu".split())
-_YEAR = re.compile(r"^(1[89]|20)\d\d$")
-_ARTICLE_REF = re.compile(r"(?:\bart(?:icle|\.)?s?|§§?|\babs\.?)\s*(\d+[a-z]?)", re.IGNORECASE)
-
-
-def names(question: str) -> set[str]:
-    """The question's names and numbers: words capitalised after its first word (English: a
-    German question capitalises every noun), acronyms and numbers — but not years (an as-of
-    date is not asked *about*) nor article numbers and citation words (the passages carry
-    those as metadata, not text)."""
-    words = _WORD.findall(question)
-    german = sum(w.casefold() in _GERMAN for w in words) >= 2
-    cited = {m.group(1).casefold() for m in _ARTICLE_REF.finditer(question)}
-    out = set()
-    for i, w in enumerate(words):
-        lw = w.casefold()
-        if lw in STOPWORDS or lw in _CITING or lw in cited or _YEAR.match(w):
-            continue
-        if _DIGIT.search(w) or (w.isupper() and len(w) > 1) or (not german and i > 0 and w[:1].isupper()
-                                                                  and len(w) > 2):
-            out.add(lw)
-    return out
-
-
-RARE_ZIPF = 2.0
-"""A word rarer than this in general English and German (Zipf scale: 2 ≈ once per 100 million
-words) is a term of art or a name — a drug, a disease, a ticker. A question built on one that
-no passage mentions is about something the sources do not know (checked on the eval sets:
-no answerable question has such a word missing from its passages)."""
-_LETTERS = re.compile(r"[^\W\d_][\w-]*", re.UNICODE)
-_YEAR_IN_TEXT = re.compile(r"\b(?:19|20)\d\d\b")
-
-
-def _zipf(word: str) -> float:
-    """How common ``word`` is in English or German (wordfreq's Zipf scale, 0 when unknown)."""
-    from wordfreq import zipf_frequency  # its word lists load on first use, not at import
-
-    return max(zipf_frequency(word, "en"), zipf_frequency(word, "de"))
-
-
-def rare_words(question: str) -> list[str]:
-    """The question's rare words (:data:`RARE_ZIPF`), possessives stripped, in order."""
-    out = []
-    for w in _LETTERS.findall(question):
-        w = re.sub(r"['’]s$", "", w)
-        if len(w) >= 4 and w.casefold() not in STOPWORDS and _zipf(w) < RARE_ZIPF:
-            out.append(w)
-    return out
 
 
 def _mentioned(word: str, text: str, words: set[str]) -> bool:
