@@ -65,12 +65,13 @@ def base_answers(foundation: Any, prompts: Sequence[str], max_new_tokens: int = 
         if key in _CACHE:
             return list(_CACHE[key])
     path = None
+    written_key = [key[0], list(key[1]), key[2]]  # the key as JSON stores it
     if cache_dir is not None:
-        digest = hashlib.sha256(json.dumps(key, ensure_ascii=False).encode("utf-8")).hexdigest()[:32]
+        digest = hashlib.sha256(json.dumps(written_key, ensure_ascii=False).encode("utf-8")).hexdigest()[:32]
         path = Path(cache_dir) / f"{digest}.json"
         try:
             stored = json.loads(path.read_text("utf-8"))
-            if stored.get("key") == list(key[:1]) + [list(key[1]), key[2]]:
+            if stored.get("key") == written_key:
                 pairs = [(str(p), str(a)) for p, a in stored["pairs"]]
                 with _CACHE_LOCK:
                     _CACHE[key] = list(pairs)
@@ -86,7 +87,7 @@ def base_answers(foundation: Any, prompts: Sequence[str], max_new_tokens: int = 
     with _CACHE_LOCK:
         _CACHE[key] = list(out)
     if path is not None:
-        atomic_write_json(path, {"key": [key[0], list(key[1]), key[2]], "pairs": [list(p) for p in out]})
+        atomic_write_json(path, {"key": written_key, "pairs": [list(p) for p in out]})
     return out
 
 

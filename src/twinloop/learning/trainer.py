@@ -314,11 +314,7 @@ def train_adapter(
         raise
     finally:
         if model is not None:
-            # Remove the LoRA layers without merging: the caller's base is exactly as it was.
-            foundation.model = model.unload()
-            for name in ("peft_config", "_hf_peft_config_loaded"):
-                if name in vars(foundation.model):
-                    delattr(foundation.model, name)
+            detach_adapter(foundation, model)
         foundation.model.requires_grad_(False)
         foundation.model.eval()
         torch.set_num_threads(old_threads)
@@ -330,6 +326,15 @@ def train_adapter(
                        seconds=time.perf_counter() - started, trainable_parameters=n_trainable,
                        samples=len(samples), replayed=run.replayed, penalty_shares=run.penalty_shares,
                        kl=run.kls)
+
+
+def detach_adapter(foundation: Foundation, model: peft.PeftModel) -> None:
+    """Remove ``model``'s LoRA layers without merging and give ``foundation`` its bare base
+    back, exactly as it was (no PEFT attributes left on it)."""
+    foundation.model = model.unload()
+    for name in ("peft_config", "_hf_peft_config_loaded"):
+        if name in vars(foundation.model):
+            delattr(foundation.model, name)
 
 
 def _check_args(foundation: Foundation, samples: Sequence[Sample], domain: str, out_dir: Path, steps: int,
@@ -465,5 +470,5 @@ class _Run:
         return float(task.detach())
 
 
-__all__ = ["TRAIN_FILE", "TrainResult", "TrainingCancelled", "distillation_kl", "encode_example", "per_example_loss",
+__all__ = ["TRAIN_FILE", "TrainResult", "TrainingCancelled", "detach_adapter", "distillation_kl", "encode_example", "per_example_loss",
            "sample_losses", "train_adapter"]

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
@@ -85,6 +84,8 @@ class AdapterTrack:
         """Greedy answers of the base model, with each question's domain adapter when ``adapted``."""
         import peft
 
+        from twinloop.learning.trainer import detach_adapter
+
         out: dict[int, str] = {}
         groups: dict[str | None, list[int]] = {}
         for i, (_, domain) in enumerate(questions):
@@ -95,16 +96,11 @@ class AdapterTrack:
                 texts = [g.text for g in self.foundation.chat_batch(prompts, max_new_tokens=max_tokens)]
             else:
                 model = peft.PeftModel.from_pretrained(self.foundation.model, str(self.adapters[domain]))
-                base = self.foundation.model
                 try:
                     self.foundation.model = model
                     texts = [g.text for g in self.foundation.chat_batch(prompts, max_new_tokens=max_tokens)]
                 finally:
-                    self.foundation.model = model.unload()
-                    for name in ("peft_config", "_hf_peft_config_loaded"):
-                        if name in vars(self.foundation.model):
-                            delattr(self.foundation.model, name)
-                    assert self.foundation.model is base
+                    detach_adapter(self.foundation, model)
             out.update(zip(idx, texts, strict=True))
         return [out[i] for i in range(len(questions))]
 
@@ -123,8 +119,4 @@ def content(answer: str, case: dict[str, Any]) -> bool:
     return any(e.casefold() in text for e in case.get("expected", []))
 
 
-def scratch_dir() -> Path:
-    return Path(tempfile.mkdtemp(prefix="twinloop-consolidate-"))
-
-
-__all__ = ["AdapterTrack", "content", "qa_cases", "scratch_dir"]
+__all__ = ["AdapterTrack", "content", "qa_cases"]

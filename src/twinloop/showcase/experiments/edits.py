@@ -161,10 +161,10 @@ def run(settings, config: EditsConfig, out_dir: Path, *, log=print) -> dict[str,
                     made = rt.correct(row["domain"], row["question"], row["answer"], actor="eval:edits")
                     for k in range(made.approvals_required):  # law and med: two other reviewers
                         rt.corrections.approve(made.id, actor=f"eval:reviewer-{k + 1}")
-                    served = ask(row["question"], row["domain"])
+                    first = ask(row["question"], row["domain"])
                     latencies.append((time.perf_counter() - t0) * 1000)
-                    if served["mode"] != "correction":
-                        log(f"seed {seed} edit {t}: not served from memory ({served['status']})")
+                    if first["mode"] != "correction":
+                        log(f"seed {seed} edit {t}: not served from memory ({first['status']})")
                     served = None
                     if t in marks:
                         done = order[:t]
