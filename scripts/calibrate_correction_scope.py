@@ -36,6 +36,7 @@ OUT = ROOT / "src" / "twinloop" / "packs" / "correction_scope.json"
 @dataclass(frozen=True)
 class Fact:
     question: str
+    answer: str | None = None
     subject: str | None = None  # corrections from users carry none: the names in the question decide
 
 
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         seen[r["subject"]] = seen.get(r["subject"], 0) + 1
         (held if seen[r["subject"]] == 2 else kept).append(r)
     embedder = load_embedder(EmbedderConfig())
-    facts = [Fact(r["question"]) for r in kept]
+    facts = [Fact(r["question"], r["answer"]) for r in kept]
     vectors = np.asarray(embedder.encode([f.question for f in facts]), dtype=np.float32)
     must = [(q, i) for i, r in enumerate(kept) for q in [r["question"], *r["paraphrases"]]]
     must_not = [r["locality"] for r in rows] + [q for r in held for q in [r["question"], *r["paraphrases"]]]

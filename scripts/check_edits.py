@@ -6,7 +6,7 @@ Each line is one JSON object describing a fact about a made-up entity (ZsRE / co
 editing style). The checker validates:
 
 file
-    UTF-8, one JSON object per line, no blank lines, at least 320 facts.
+    UTF-8, one JSON object per line, no blank lines, at least 640 facts (both halves hold 300 or more).
 fields and types
     ``id``, ``domain``, ``subject``, ``question``, ``answer``, ``paraphrases``, ``locality``
     (required) and ``answer_aliases`` (optional), nothing else; every text a non-empty string
@@ -16,7 +16,7 @@ fields and types
 id
     kebab-case (``ed-0001-brennor-ceo``) and unique.
 domain
-    one of law, med, fin, general; each domain holds about 80 facts (75 to 90).
+    one of law, med, fin, general; each domain holds about 160 facts (150 to 175).
 answer
     1 to 6 words; never yes/no (or ja/nein, true/false) and never a bare number; not contained
     in the question or a paraphrase (it would leak the target). Aliases: 1 to 6 words, not
@@ -56,8 +56,8 @@ DEFAULT_FILE = Path("src/twinloop/packs/eval/edits.jsonl")
 DOMAINS = ("law", "med", "fin", "general")
 REQUIRED = {"id", "domain", "subject", "question", "answer", "paraphrases", "locality"}
 OPTIONAL = {"answer_aliases"}
-MIN_FACTS = 320
-DOMAIN_RANGE = (75, 90)
+MIN_FACTS = 640
+DOMAIN_RANGE = (150, 175)
 """"About 80 each": inclusive bounds per domain."""
 GERMAN_LAW_SHARE = (0.07, 0.15)
 MAX_PER_SUBJECT = 3

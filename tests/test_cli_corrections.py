@@ -35,6 +35,7 @@ def test_bad_input_is_a_one_line_error(tmp_path):
         (("eval", "--edits", "0"), "--edits 0"),
         (("eval", "--edits", "3", "--seeds", "a,b"), "--seeds"),
         (("eval", "--edits", "3", "--modes", "dreams"), "modes"),
+        (("eval", "--edits", "3", "--concurrency", "0"), "concurrency"),
     ]:
         res = run_cli(*args, env=env)
         assert res.returncode != 0 and says in res.stderr, (args, res.stderr)
@@ -43,7 +44,7 @@ def test_bad_input_is_a_one_line_error(tmp_path):
 
 def test_the_edits_file_and_its_splits():
     test, cal = load_edits("test"), load_edits("calibration")
-    assert len(test) + len(cal) >= 320 and not {r["id"] for r in test} & {r["id"] for r in cal}
+    assert len(test) >= 300 and len(cal) >= 300 and not {r["id"] for r in test} & {r["id"] for r in cal}
     row = {"answer": "21 days", "answer_aliases": ["twenty-one days"]}
     assert contains("They have Twenty-one days.", row) and not contains("21 hours", row)
     assert interval([1.0])["ci95"] is None and abs(interval([0.5, 1.0, 0.75])["mean"] - 0.75) < 1e-9

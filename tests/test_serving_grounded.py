@@ -276,3 +276,42 @@ def test_quotes_that_state_the_year_asked_about_are_an_answer(tok, embedder):
     q = quoting(tok, _hits(passages), d.ranked)
     made = assemble(question, _tokens_quoting(q, 1, 0), q, d.ranked, d.allowed, d.years)
     assert made.claims and made.refusal == "" and "2017" in made.claims[0].text
+
+
+def test_quotes_around_the_answer_are_led_by_the_sentence_that_gives_it(tok, embedder):
+    # The model quotes the election, not the age; the sentence with the age leads the answer.
+    passages = ["Der Bundespräsident wird ohne Aussprache von der Bundesversammlung gewählt. Gewählt wird für "
+                "eine Amtszeit. Wählbar ist jeder Deutsche, der das vierzigste Lebensjahr vollendet hat."]
+    question = "Wie alt muss jemand mindestens sein, um zum Bundespräsidenten gewählt zu werden?"
+    d = decide(question, ["law"], _hits(passages), Catalog({"law": frozenset({"DE"})}, {}), None, embedder, LENIENT)
+    assert d.status == "answered"
+    q = quoting(tok, _hits(passages), d.ranked)
+    made = assemble(question, _tokens_quoting(q, 1, 0), q, d.ranked, d.allowed)
+    assert "vierzigste Lebensjahr" in made.claims[0].text and made.refusal == ""
+    for c in made.claims:
+        assert passages[c.n - 1][c.start:c.end] == c.text
+
+
+def test_decide_refuses_when_no_sentence_gives_the_form_asked_for(embedder):
+    catalog = Catalog({"law": frozenset({"DE"})}, {})
+    hits = _hits(["Der Bundespräsident wird ohne Aussprache von der Bundesversammlung gewählt. Der "
+                  "Bundespräsident vertritt den Bund völkerrechtlich."])
+    d = decide("Wie alt muss jemand mindestens sein, um zum Bundespräsidenten gewählt zu werden?", ["law"], hits,
+               catalog, None, embedder, LENIENT)
+    assert d.status == "cannot_verify" and "an age" in d.reason
+    # Only provision numbers in the passages: no figure for the majority asked about.
+    hits = _hits(["Der Bundestag beschließt nach Artikel 42 Absatz 2 mit der Mehrheit seiner Mitglieder."])
+    d = decide("Welche Mehrheit braucht der Bundestag?", ["law"], hits, catalog, None, embedder, LENIENT)
+    assert d.status == "cannot_verify" and "figure" in d.reason
+
+
+def test_a_figure_quoted_without_its_year_gets_the_line_of_its_passage_that_states_it(tok, embedder):
+    passages = ["The Fiscal 2017 Restructuring Plan charges relate to workforce reductions. Since the inception of "
+                "the plan, $41.9 million has been recorded within special charges."]
+    question = "Since its start, how much has the Fiscal 2017 Restructuring Plan cost in special charges?"
+    d = decide(question, ["fin"], _hits(passages), Catalog({"fin": frozenset()}, {}), None, embedder, LENIENT)
+    assert d.status == "answered" and d.years == ("2017",)
+    q = quoting(tok, _hits(passages), d.ranked)
+    made = assemble(question, _tokens_quoting(q, 1, 1), q, d.ranked, d.allowed, d.years)
+    texts = " ".join(c.text for c in made.claims)
+    assert made.refusal == "" and "$41.9 million" in texts and "Fiscal 2017" in texts

@@ -39,6 +39,20 @@ def test_scope(memory, tiny_runtime, question, inside):
         assert found.hit.text == c.text and A in found.hit.text
 
 
+def test_a_question_asking_for_another_form_of_answer_is_out_of_scope():
+    import numpy as np
+
+    from twinloop.serving.memory import nearest_in_scope
+
+    c = type("C", (), {"subject": "Veltrane Data Act", "answer": "21 days",
+                       "question": "How many days does a controller have under the Veltrane Data Act?"})()
+    same = np.ones((1, 2), dtype=np.float32) / np.sqrt(2)  # every question equally close: the form decides
+    for question, inside in [("Within what period must a controller reply under the Veltrane Data Act?", True),
+                             ("What percentage of turnover can the Veltrane Data Act fine?", False),
+                             ("Who enforces the Veltrane Data Act?", True)]:
+        assert (nearest_in_scope(question, same[0], [c], same, 0.5) is not None) == inside, question
+
+
 def test_other_domains_do_not_see_it(memory, tiny_runtime):
     c = tiny_runtime.corrections.list()[0]
     assert memory.lookup(Q, ["fin"], c.release_id or "any") is None

@@ -30,6 +30,9 @@ CASES = [
     ("Does the GDPR apply to a company in France?", None, False, None),  # a held source named
     ("What does Article 12 GDPR say?", None, False, None),
     ("Was regelt § 4f BDSG?", None, False, None),
+    # German names the article "Artikel" and the law in the genitive ("des Grundgesetzes").
+    ("Was regelt Artikel 147 des Grundgesetzes?", None, True, "article 147 of GG"),
+    ("Was regelt Artikel 20 des Grundgesetzes?", None, False, None),
     ("When must a breach be notified?", None, False, None),
 ]
 

@@ -32,6 +32,10 @@ def _split(text: str) -> list[str]:
      ["Revenue rose in 2019.", "2020 was different!", "Was it?", "Yes."]),
     ("See e.g. Art. 5 GDPR, i.e. the principles. Dr. Smith agreed.",
      ["See e.g. Art. 5 GDPR, i.e. the principles.", "Dr. Smith agreed."]),
+    ("Sie muss bei ihrer Wahl das 35. Lebensjahr vollendet haben. Sie muss Kenntnisse haben.",
+     ["Sie muss bei ihrer Wahl das 35. Lebensjahr vollendet haben.", "Sie muss Kenntnisse haben."]),
+    ("Die Regel galt bis 2019. Die neue Regel gilt seit 2020.",
+     ["Die Regel galt bis 2019.", "Die neue Regel gilt seit 2020."]),
     ("", []),
     ("   \n  ", []),
 ])

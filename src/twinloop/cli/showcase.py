@@ -150,6 +150,8 @@ def eval_(
     modes: Annotated[str, typer.Option(
         help="With --edits: memory (correction memory) and/or adapters (consolidated into adapters, "
              "memory off), comma-separated.")] = "memory",
+    concurrency: Annotated[int, typer.Option(
+        help="With --edits: probes in flight at once (the engine batches them); 1 asks one at a time.")] = 8,
     json_out: JsonFlag = False,
 ) -> None:
     """Continual-learning experiment: domains in sequence, Static vs adapters vs TwinLoop
@@ -161,7 +163,7 @@ def eval_(
     --edits writes edits.json and edits.md (default docs/eval).
     """
     if edits is not None:
-        _eval_edits(edits, seeds, modes, out_dir or Path("docs/eval"), json_out)
+        _eval_edits(edits, seeds, modes, out_dir or Path("docs/eval"), json_out, concurrency)
         return
     from twinloop.showcase.experiments.continual import full_config, quick_config, run
 
@@ -194,7 +196,7 @@ def eval_(
     emit(summary, json_out, render)
 
 
-def _eval_edits(n: int, seeds: str, modes: str, target: Path, json_out: bool) -> None:
+def _eval_edits(n: int, seeds: str, modes: str, target: Path, json_out: bool, concurrency: int = 8) -> None:
     from twinloop.kernel.errors import InvalidInputError
     from twinloop.showcase.experiments.edits import EditsConfig, run
 
@@ -207,7 +209,7 @@ def _eval_edits(n: int, seeds: str, modes: str, target: Path, json_out: bool) ->
     s = settings()
     try:
         mode_list = tuple(m.strip() for m in modes.split(",") if m.strip())
-        doc = run(s, EditsConfig(n=n, seeds=seed_list, modes=mode_list), target,
+        doc = run(s, EditsConfig(n=n, seeds=seed_list, modes=mode_list, concurrency=concurrency), target,
                   log=lambda line: err.print(line, highlight=False))
     except ValueError as e:
         raise InvalidInputError(str(e)) from None

@@ -30,7 +30,8 @@ _GERMAN = frozenset("der die das und nach welche welcher welches wie wer wann is
                     "mit für darf muss kann bis wird wurde".split())
 _CITING = frozenset("gdpr dsgvo article articles art abs section paragraph regulation bdsg gg eu".split())
 _YEAR = re.compile(r"^(1[89]|20)\d\d$")
-_ARTICLE_REF = re.compile(r"(?:\bart(?:icle|\.)?s?|§§?|\babs\.?)\s*(\d+[a-z]?)", re.IGNORECASE)
+_ARTICLE_REF = re.compile(r"(?:\bart(?:icle|ikel|\.)?s?|§§?|\babs(?:atz|\.)?|\bsatz|\bparagraph|\bnr\.?|\bnummer)"
+                          r"\s*(\d+[a-z]?)((?:\s*\(\w+\))*)", re.IGNORECASE)
 
 
 def names(question: str) -> set[str]:
@@ -40,7 +41,8 @@ def names(question: str) -> set[str]:
     those as metadata, not text)."""
     words = _WORD.findall(question)
     german = sum(w.casefold() in _GERMAN for w in words) >= 2
-    cited = {m.group(1).casefold() for m in _ARTICLE_REF.finditer(question)}
+    # "Article 33(2)(a)": 33, 2 and a name the provision, not what it is about.
+    cited = {p.casefold() for m in _ARTICLE_REF.finditer(question) for p in (m.group(1), *_WORD.findall(m.group(2)))}
     out = set()
     for i, w in enumerate(words):
         lw = w.casefold()

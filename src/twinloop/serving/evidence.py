@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from twinloop.kernel.errors import ConfigError
+from twinloop.serving.asked import asked_for, asks_for_form, asks_quantity, gives_any, not_given
 from twinloop.knowledge.terms import (  # noqa: F401 (STOPWORDS re-exported: the evidence's vocabulary)
     STOPWORDS,
     content_words,
@@ -45,19 +46,11 @@ capitalised inside the sentence, or with digits) — a drug, company, year or st
 lacks shows up here first; quantity_match: 1 when the question asks for no quantity, else
 whether one of the three best sentences holds a number."""
 
-_QUANTITY_QUESTION = re.compile(
-    r"\b(how (long|many|much|quickly|soon|often|frequently|common|old|high|large|big|far)|what (?:(?:is|was|are|were) (?:the )?)?(age|amount|"
-    r"percentage|per ?cent|proportion|fraction|share|fine|period|deadline|number|maximum|minimum|rate|sum|total|"
-    r"value|year|date|dose|accuracy|sensitivity|specificity|incidence|prevalence)|which year|by when|within what|"
-    r"wie (lange|viele|viel|hoch|alt|oft)|bis wann|in welcher höhe|bis zu welche[rm]? (quote|höhe|betrag|grenze)|"
-    r"welche[sn]? (mindestalter|höchststrafe|frist|mehrheit))", re.IGNORECASE)
-_NUMERIC = re.compile(r"\d|\b(?:one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|twenty|thirty|forty|"
-                      r"fifty|hundred|thousand|half|twice|zwei|drei|vier|fünf|sechs|sieben|acht|neun|zehn|elf|zwölf|"
-                      r"zwanzig|dreißig|vierzig|fünfzig|hundert|tausend|hälfte|doppelt|einmal)", re.IGNORECASE)
 NUMBERLESS_WEIGHT = 0.7
-"""A question that asks for a quantity is answered by a sentence that holds one: a sentence
-without a number (digits or a number word) ranks at this share of its score — the sentence
-restating the question ("The aim of this study was…") then yields to the one with the figure."""
+"""A question that asks for a form of answer (a quantity, an age, a rate: ``serving/asked.py``)
+is answered by a sentence that gives it: a sentence that does not ranks at this share of its
+score — the sentence restating the question ("The aim of this study was…") then yields to the
+one with the figure."""
 _DIGIT = re.compile(r"\d")
 _WORD = re.compile(r"\w+", re.UNICODE)
 _YEAR_IN_TEXT = re.compile(r"\b(?:19|20)\d\d\b")
@@ -91,8 +84,8 @@ class Sentence:
     passage_score: float = 0.0
     """The retrieval score of the sentence's passage (fused, 0–1)."""
     fit: float = 1.0
-    """How the sentence's form fits what is asked: :data:`NUMBERLESS_WEIGHT` when a quantity
-    is asked and the sentence holds none, else 1."""
+    """How the sentence's form fits what is asked: :data:`NUMBERLESS_WEIGHT` when it does not
+    give what the question asks for (``serving/asked.py``), else 1."""
 
     @property
     def score(self) -> float:
@@ -114,12 +107,11 @@ def rank_sentences(question: str, passages: Sequence[str], embedder: Any,
     vecs = embedder.encode(texts)  # (sentences, dim), normalised
     cos = np.asarray(vecs, dtype=np.float32) @ np.asarray(q, dtype=np.float32).reshape(-1)
     words = {_stem(w) for w in content_words(question)}
-    quantity = _QUANTITY_QUESTION.search(question) is not None
     out = []
     for (n, a, b), text, c in zip(spans, texts, cos, strict=True):
         cov = len(words & {_stem(w) for w in content_words(text)}) / len(words) if words else 0.0
         ps = float(passage_scores[n - 1]) if passage_scores is not None else 0.0
-        fit = NUMBERLESS_WEIGHT if quantity and not _NUMERIC.search(text) else 1.0
+        fit = 1.0 if gives_any(question, text) else NUMBERLESS_WEIGHT
         out.append(Sentence(n, a, b, text, float(c), cov, ps, fit))
     # The same sentence in two passages (an article quoted in a recital, a filing's repeated
     # table header) is one candidate, in its best-scored passage: twice, it would crowd out
@@ -160,30 +152,6 @@ def unmentioned(question: str, passages: Sequence[str], *, dated: bool = True) -
     return sorted(missing, key=question.casefold().find)
 
 
-_AMOUNT = r"(?:[$€£]\s*\d[\d.,]*|\d[\d.,]*\s*(?:million|billion|thousand)?\s*(?:dollars|euros?|usd|eur)\b)"
-_PAID = r"(?:paid|pay|price|consideration|purchase|spent|spend|cost|bezahlt|gezahlt|kaufpreis)"
-_ASKED_UNITS: tuple[tuple[re.Pattern[str], re.Pattern[str], str], ...] = tuple(
-    (re.compile(q, re.IGNORECASE), re.compile(a, re.IGNORECASE), what) for q, a, what in (
-        (r"\b(?:how|wie) many (?:hours|stunden)\b|\bwie viele stunden\b", r"\d\s*(?:hours|stunden)\b", "a number of hours"),
-        (r"\bhow many euros?\b|\bwie viele? euro\b|\bin euros?\b",
-         r"(?:\d[\d .,]*|\w+(?:tausend|hundert)|\w*million\w*)\s*(?:eur|euro)\b|€\s*\d", "an amount in euros"),
-        (r"\bmg/dl\b", r"mg/dl", "a value in mg/dL"),
-        (r"\b(?:what|which) temperatures?\b|\bhow (?:hot|cold|warm)\b|\bwelche temperatur",
-         r"\d\s*(?:°|℃|degrees?\b|grad\b)", "a temperature"),
-        (r"\b(?:what|which) dose\b|\bwelche dosis\b", r"\d\s*(?:mg|g|ml|µg|mcg|units?|iu|ie)\b", "a dose"),
-        (r"\bhow much (?:does|do|did|would) .{1,80}\bcost\b|\bwhat (?:does|did) .{1,80}\bcost\b",
-         r"[$€£]\s*\d|\d\s*(?:dollars|euros?|eur|usd)\b", "a price"),
-        # What was paid for something: an amount is not enough (a filing is full of them); it
-        # must stand within a few words of paying, a price or a consideration.
-        (r"\bhow much (?:did|does|do|will|would) .{1,80}\b(?:pay|spend)\b|\bwhat (?:did|does) .{1,80}\bpay\b|"
-         r"\b(?:purchase|acquisition) price\b|\bwie viel (?:hat|zahlte|bezahlte) .{1,80}\b(?:bezahlt|gezahlt)\b",
-         rf"{_AMOUNT}(?:\W+\w+){{0,8}}?\W+{_PAID}|{_PAID}\w*(?:\W+\w+){{0,8}}?\W+{_AMOUNT}", "an amount paid"),
-    ))
-"""Questions that ask for a quantity in a unit (hours, euros, mg/dL, a temperature, a dose, a price, an
-amount paid), and
-what a passage that answers them must hold: a number with that unit."""
-
-
 _COUNTED = re.compile(r"\b(?:how many|wie viele)\s+(?!of\b)([^\W\d_][\w-]*)", re.IGNORECASE)
 _NUMBER_WORD = (r"(?:\d[\d.,]*|one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|twenty|thirty|forty|"
                 r"fifty|hundred|thousand|ein|zwei|drei|vier|fünf|sechs|sieben|acht|neun|zehn|zwölf|zwanzig|"
@@ -193,7 +161,7 @@ _NUMBER_WORD = (r"(?:\d[\d.,]*|one|two|three|four|five|six|seven|eight|nine|ten|
 def missing_unit(question: str, passages: Sequence[str]) -> str | None:
     """What the question asks for that no passage holds ("a number of hours"), or None.
 
-    Besides the units of :data:`_ASKED_UNITS`, "how many X" asks for a count of X: some
+    Besides the forms of ``serving/asked.py`` (hours, euros, an age, a period…), "how many X" asks for a count of X: some
     passage must put a number within a few words before an X ("voting members" → "… 27
     members …"); "how many of the …" counts something named later and is not checked.
 
@@ -201,10 +169,7 @@ def missing_unit(question: str, passages: Sequence[str]) -> str | None:
     TOKIN?") asks for the quantity of that subject: only passages that mention all of them
     count — a dose in a passage about another drug is not its dose.
     """
-    subject = [*rare_words(question), *names(question)]
-    if subject:
-        passages = [p for p in passages
-                    if all(_mentioned(w, p.casefold(), {t.casefold() for t in _WORD.findall(p)}) for w in subject)]
+    passages = [p for p in passages if _about_subject(question, p)]
     roles = _asked_roles(question)
     if roles:
         # A controller's 72 hours are not the processor's deadline: when the question names a
@@ -213,9 +178,9 @@ def missing_unit(question: str, passages: Sequence[str]) -> str | None:
         passages = [" ".join(p[a:b] for a, b in with_antecedent(p) if not _about_other(p[a:b], roles))
                     for p in passages]
     text = " ".join(passages)
-    for asked, answer, what in _ASKED_UNITS:
-        if asked.search(question) and not answer.search(text):
-            return what
+    for asked in asked_for(question):
+        if not asked.given_by(text):
+            return asked.what
     m = _COUNTED.search(question)
     if m:
         noun = m.group(1)
@@ -224,6 +189,30 @@ def missing_unit(question: str, passages: Sequence[str]) -> str | None:
         if not near.search(text):
             return f"a number of {noun}"
     return None
+
+
+def _about_subject(question: str, passage: str) -> bool:
+    """The passage mentions every rare word and name of the question (its subject)."""
+    subject = [*rare_words(question), *names(question)]
+    words = {t.casefold() for t in _WORD.findall(passage)}
+    return all(_mentioned(w, passage.casefold(), words) for w in subject)
+
+
+def givers(question: str, ranked: Sequence[Sentence], passages: Sequence[str],
+           form: str | None = None) -> list[Sentence]:
+    """The ranked sentences that give what the question asks for (``serving/asked.py``; only
+    ``form`` when named, else any of its forms), best first: each in a passage that mentions
+    the question's subject and, when the question names one party of a pair, naming that
+    party (a controller's deadline does not answer a processor question). Every sentence when
+    the question asks for no particular form."""
+    if not asks_for_form(question):
+        return list(ranked)
+    roles = _asked_roles(question)
+    about = {n: _about_subject(question, p) for n, p in enumerate(passages, start=1)}
+
+    def gives(text: str) -> bool:
+        return gives_any(question, text) if form is None else form not in not_given(question, text)
+    return [s for s in ranked if about.get(s.n, False) and gives(s.text) and not (roles and _about_other(s.text, roles))]
 
 
 COUNTERPARTS: tuple[tuple[str, str], ...] = (
@@ -276,7 +265,7 @@ def features(question: str, ranked: Sequence[Sentence], hits: Sequence[Any]) -> 
     else:
         name_cov = 1.0
     quantity = 1.0
-    if _QUANTITY_QUESTION.search(question):
+    if asks_quantity(question):
         quantity = 1.0 if any(_DIGIT.search(s.text) for s in ranked[:3]) else 0.0
     return {
         "sentence_cos": max((s.cos for s in ranked), default=0.0),

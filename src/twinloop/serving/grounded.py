@@ -28,6 +28,7 @@ from twinloop.serving.evidence import (
     asked_years,
     content_words,
     features,
+    givers,
     missing_unit,
     rank_sentences,
     unmentioned,
@@ -40,6 +41,7 @@ from twinloop.serving.quotes import (
     parse_claims,
     quotable,
 )
+from twinloop.serving.asked import asks_for_form, gives_any, not_given, wanted
 from twinloop.serving.scope import Catalog, ScopeVerdict, out_of_scope, pinpoints
 
 Status = Literal["answered", "cannot_verify", "out_of_scope"]
@@ -131,6 +133,12 @@ def decide(question: str, domains: list[str], hits: Sequence[Any], catalog: Cata
     extra = {"allowed": allowed, "years": () if dated else tuple(asked_years(question))}
     p = answerability.probability(feats)
     threshold = max(answerability.threshold(d) for d in domains) if domains else answerability.default
+    if asks_for_form(question) and not givers(question, ranked, texts):
+        # "Wie alt…" is not answered by a sentence without an age, nor "how many" by one whose
+        # only numbers name an article: what the question asks for must be in some sentence.
+        return Decision("cannot_verify", f"the question asks for {' or '.join(wanted(question))}, and no sentence "
+                        "found gives it",
+                        ranked=ranked, features=feats, probability=p, threshold=threshold, **extra)
     if p < threshold:
         return Decision("cannot_verify", "the passages found do not answer the question", ranked=ranked,
                         features=feats, probability=p, threshold=threshold, **extra)
@@ -205,13 +213,52 @@ def assemble(question: str, tokens: Sequence[int], q: Quoting, ranked: Sequence[
     years the quotes together must state, else there is no answer (:class:`Decision`).
     """
     made = _assemble(question, tokens, q, ranked, allowed)
-    stated = " ".join(c.text for c in made.claims)
-    missing = [y for y in years if y not in stated]
+    if made.claims and not_given(question, " ".join(c.text for c in made.claims)):
+        made = _with_answer(question, made, ranked, q)
+    if asks_for_form(question):
+        # The quote that gives what was asked (the age, the figure) comes first.
+        made.claims.sort(key=lambda c: not gives_any(question, c.text))
+    missing = [y for y in years if y not in " ".join(c.text for c in made.claims)]
+    if made.claims and missing:
+        made = _with_years(made, ranked, missing)
+        missing = [y for y in years if y not in " ".join(c.text for c in made.claims)]
     if made.claims and missing:
         # A filing's sentence about 2019 does not answer for 2017, however close its wording.
         return Grounded([], made.mode, made.dropped,
                         f"no passage found states {', '.join(missing)}, the year the question asks about")
     return made
+
+
+def _with_years(made: Grounded, ranked: Sequence[Sentence], years: Sequence[str]) -> Grounded:
+    """The claims with the best sentence of a passage they already quote that states
+    ``years``: "Since the inception of the plan, $41.9 million…" answers for fiscal 2017 when
+    the same passage says "The Fiscal 2017 Restructuring Plan…" — the reader needs that line."""
+    quoted = {c.n for c in made.claims}
+    for s in ranked:
+        if s.n in quoted and all(y in s.text for y in years) and not any(
+                c.n == s.n and c.start < s.end and s.start < c.end for c in made.claims):
+            return Grounded([*made.claims[:MAX_CLAIMS - 1], GroundedClaim(s.text, [s.n], s.n, s.start, s.end)],
+                            made.mode, made.dropped)
+    return made
+
+
+def _with_answer(question: str, made: Grounded, ranked: Sequence[Sentence], q: Quoting) -> Grounded:
+    """The claims led by the best sentence for each form the question asks for and the quotes
+    do not give (an age, a figure): the model quoted around the answer, not the answer itself.
+    When no quote gives any of them: no answer — the quotes do not say what was asked."""
+    claims = list(made.claims)
+    passages = [p.text for p in q.passages]
+    lead: list[GroundedClaim] = []
+    for form in not_given(question, " ".join(c.text for c in claims)):
+        for g in givers(question, ranked, passages, form):
+            if not any(c.n == g.n and c.start < g.end and g.start < c.end for c in [*lead, *claims]):
+                lead.append(GroundedClaim(g.text, [g.n], g.n, g.start, g.end))
+                break
+    claims = [*lead, *claims][:MAX_CLAIMS]
+    if not gives_any(question, " ".join(c.text for c in claims)):
+        return Grounded([], made.mode, made.dropped,
+                        f"no sentence found gives {' or '.join(wanted(question))}, which the question asks for")
+    return Grounded(claims, made.mode, made.dropped)
 
 
 def _assemble(question: str, tokens: Sequence[int], q: Quoting, ranked: Sequence[Sentence],

@@ -27,7 +27,7 @@ JURISDICTION_CODE = re.compile(r"^[A-Z]{2}(?:-[A-Z0-9]{1,3})?$")
 """ISO 3166-1 alpha-2, the EU's "EU", optionally a subdivision: ``DE``, ``EU``, ``US-CA``."""
 
 _ARTICLE = re.compile(
-    r"(?:\bart(?:icle|\.)?s?\s*|§§?\s*|\bsection\s+|\bparagraph\s+)(\d{1,4})(\s*)([a-z])?\b", re.IGNORECASE)
+    r"(?:\bart(?:ikel|icle|\.)?s?\s*|§§?\s*|\bsection\s+|\bparagraph\s+)(\d{1,4})(\s*)([a-z])?\b", re.IGNORECASE)
 _PARAGRAPH = re.compile(r"\s*(?:\((\d{1,3})\)|(?:abs\.?|absatz|para(?:graph)?\.?)\s*(\d{1,3})\b)", re.IGNORECASE)
 """A paragraph right after an article: "Article 83(10)", "§ 42 Abs. 1", "Art. 6 paragraph 4"."""
 

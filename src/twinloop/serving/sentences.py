@@ -10,9 +10,11 @@ Rules, chosen over a general segmenter (pysbd splits "Abs. 2" in German and does
 legal list items at ";"): a boundary is a ``.``, ``!`` or ``?`` followed by space and then a
 capital, a digit, a quote, a bracket or ``§`` — unless the word before the period is an
 abbreviation (a closed list in English and German, or a single letter, as in "U.S." or
-initials), or a number before a month name (a German date: "1. Juli"). A ``;`` also ends a
-sentence (the items of a legal list are quoted one by one); a ``:`` only before a line break
-(so "(2017/18: €−136 million)" stays whole); a line break always does.
+initials), a number before a month name (a German date: "1. Juli") or a short number after
+an article or preposition (a German ordinal: "das 35. Lebensjahr", "zum 3. Mal"; a year is
+not one: "bis 2019. Die…"). A ``;`` also ends a sentence (the items of a legal list are quoted
+one by one); a ``:`` only before a line break (so "(2017/18: €−136 million)" stays whole); a
+line break always does.
 
 A sentence that opens by pointing back ("It", "This", "Diese") is read with the sentence
 before it (:func:`with_antecedent`): alone, "It has been used in the treatment of CCHF
@@ -40,6 +42,7 @@ _COLON_BREAK = re.compile(r":(?=[ \t]*\n)")
 _BREAK = re.compile(r"\n+")
 _WORD_BEFORE = re.compile(r"([\w.]+)$", re.UNICODE)
 _ORDINAL_DATE = re.compile(r"^\s+(?:" + _MONTHS + r")\b", re.IGNORECASE)
+_ORDINAL_AFTER = re.compile(r"\b(?:das|der|die|dem|den|des|am|im|vom|zum|zur|ab|bis|seit|nach|vor|zu)\s+$", re.IGNORECASE)
 _ANAPHOR = re.compile(
     r"^(?:it|its|this|these|those|they|their|such|he|she|his|her|both|the latter|the former|"
     r"es|dies|diese|dieser|dieses|diesem|diesen|er|sie|ihr|ihre|dabei|hierbei|hierfür|dafür|dazu)\b",
@@ -57,6 +60,8 @@ def _is_boundary(text: str, m: re.Match) -> bool:
         return False  # "Abs. 2", "U.S. Treasury", "J. Smith", "z.B. die"
     if w.isdigit() and _ORDINAL_DATE.match(text[m.end():]):
         return False  # "ab 1. Juli 2009"
+    if w.isdigit() and len(w) <= 3 and _ORDINAL_AFTER.search(text[:word.start()]):
+        return False  # "das 35. Lebensjahr": a German article before a number makes it an ordinal
     return True
 
 

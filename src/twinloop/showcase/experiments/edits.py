@@ -26,6 +26,7 @@ import random
 import shutil
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -71,6 +72,9 @@ class EditsConfig:
     modes: tuple[str, ...] = ("memory",)
     """``memory`` (correction memory, served by the product) and/or ``adapters`` (the
     corrections consolidated into adapters, memory off: ``experiments/consolidate.py``)."""
+    concurrency: int = 8
+    """Probes in flight at once through ``Service.answer``: the engine batches them, as it
+    would concurrent users' requests; 1 asks one at a time."""
 
 
 def run(settings, config: EditsConfig, out_dir: Path, *, log=print) -> dict[str, Any]:
@@ -84,6 +88,8 @@ def run(settings, config: EditsConfig, out_dir: Path, *, log=print) -> dict[str,
     unknown = set(config.modes) - {"memory", "adapters"}
     if unknown or not config.modes:
         raise ValueError(f"modes = {sorted(config.modes)!r}: choose from 'memory', 'adapters'")
+    if config.concurrency < 1:
+        raise ValueError(f"concurrency = {config.concurrency}: must be at least 1")
     if not 1 <= config.n <= len(facts):
         raise ValueError(f"--edits {config.n}: must be between 1 and {len(facts)} (the held-out facts)")
     started = time.perf_counter()
@@ -103,8 +109,12 @@ def run(settings, config: EditsConfig, out_dir: Path, *, log=print) -> dict[str,
                     req = AnswerRequest(query=question, domain=domain, max_tokens=config.max_tokens)
                     return svc.answer(req).to_dict()
 
-                before = {r["id"]: ask(r["locality"], r["domain"])["text"] for r in order} \
-                    if "memory" in config.modes else {}
+                def ask_all(asked: list[tuple[str, str]]) -> list[dict[str, Any]]:
+                    with ThreadPoolExecutor(max_workers=config.concurrency) as pool:
+                        return list(pool.map(lambda qd: ask(*qd), asked))
+
+                before = dict(zip([r["id"] for r in order], [a["text"] for a in ask_all(
+                    [(r["locality"], r["domain"]) for r in order])], strict=True)) if "memory" in config.modes else {}
                 latencies, points, adapter_points, both_points = [], [], [], []
                 marks = sorted({t for t in config.checkpoints if t < config.n} | {config.n})
                 track = None
@@ -168,9 +178,9 @@ def run(settings, config: EditsConfig, out_dir: Path, *, log=print) -> dict[str,
                     served = None
                     if t in marks:
                         done = order[:t]
-                        served = {"rel": [ask(r["question"], r["domain"]) for r in done],
-                                  "gen": [ask(p, r["domain"]) for r in done for p in r["paraphrases"]],
-                                  "loc": [ask(r["locality"], r["domain"]) for r in done]}
+                        served = {"rel": ask_all([(r["question"], r["domain"]) for r in done]),
+                                  "gen": ask_all([(p, r["domain"]) for r in done for p in r["paraphrases"]]),
+                                  "loc": ask_all([(r["locality"], r["domain"]) for r in done])}
                         rel = [contains(a["text"], r) for a, r in zip(served["rel"], done, strict=True)]
                         gen = [contains(a["text"], r) for a, r in zip(
                             served["gen"], [r for r in done for _ in r["paraphrases"]], strict=True)]
@@ -209,7 +219,7 @@ def _document(config: EditsConfig, per_seed: list[dict[str, Any]], seconds: floa
     timed = [s for s in per_seed if s["latency_ms"]]
     return {"benchmark": "edits", "modes": list(config.modes), "n": config.n, "seeds": [s["seed"] for s in per_seed],
             "facts_file": "packs/eval/edits.jsonl (odd lines: held out from scope calibration)",
-            "max_tokens": config.max_tokens, "seconds": round(seconds, 1),
+            "max_tokens": config.max_tokens, "concurrency": config.concurrency, "seconds": round(seconds, 1),
             "summary": _summary(per_seed, "points", ("reliability", "generalisation", "locality")),
             "adapters": _summary(per_seed, "adapter_points", ("reliability", "generalisation", "locality",
                                                                "retention", "retention_before")),

@@ -1,0 +1,158 @@
+"""What a question asks for — a figure, an age, a period, a rate — and whether a text gives it.
+
+A 135M model and MiniLM cannot judge whether a quoted sentence answers a question, but the
+form of an answer can be read off the question: "Wie alt…" wants an age, "How often…" a
+frequency, "What percentage…" a rate, "How much did … pay" an amount paid. A quote without
+that form does not answer, however close its wording (docs/DESIGN.md "Serving": the answer
+must state what was asked, or the question gets ``cannot_verify``). Closed lists of English
+and German patterns, chosen over a classifier: they are read and corrected by a person, and
+each rule can be tested on the sentence that motivated it.
+
+A number in a legal reference ("§ 12 Abs. 1", "Article 6(1)", "Directive 95/46/EC") is not a
+figure: it names a provision, it does not answer "how many".
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+QUANTITY_QUESTION = re.compile(
+    r"\b(how (long|many|much|quickly|soon|often|frequently|common|old|high|large|big|far)|what (?:(?:is|was|are|were) (?:the )?)?(age|amount|"
+    r"percentage|per ?cent|proportion|fraction|share|fine|period|deadline|number|maximum|minimum|rate|sum|total|"
+    r"value|year|date|dose|accuracy|sensitivity|specificity|incidence|prevalence)|which year|by when|within what|"
+    r"what (?:is|was|are|were) the (?:shortest|longest|lowest|highest|earliest|latest|smallest|largest)|"
+    r"wie (lange|viele|viel|hoch|alt|oft)|bis wann|in welcher höhe|bis zu welche[rm]? (quote|höhe|betrag|grenze)|"
+    r"welche[sn]? (mindestalter|höchststrafe|frist|mehrheit))", re.IGNORECASE)
+"""Questions whose answer is a quantity (a number, a date, a duration, a rate)."""
+
+NUMERIC = re.compile(r"\d|\b(?:one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|twenty|thirty|forty|"
+                     r"fifty|hundred|thousand|half|twice|zwei|drei|vier|fünf|sechs|sieben|acht|neun|zehn|elf|zwölf|"
+                     r"zwanzig|dreißig|vierzig|fünfzig|hundert|tausend|hälfte|doppelt|einmal)", re.IGNORECASE)
+"""A number in digits or words (German ordinals included: "vierzigste")."""
+
+_REFERENCE = re.compile(
+    r"(?:§§?|\b(?:art(?:ikel|icle)?s?|abs(?:atz)?|satz|nr|nummer|no|nos|buchstabe|lit|ziff(?:er)?|recitals?|"
+    r"erwägungsgr(?:und|ünde)|paragraphs?|points?|directive|richtlinie|regulation|verordnung|chapter|kapitel|"
+    r"section|titel|title|annex|anhang)\b\.?)\s*(?:\((?:eu|eg|ewg|ec|eec)\)\s*)?(?:nr\.?\s*|no\.?\s*)?"
+    r"\d+[a-z]?(?:\s*\(\d+\))*(?:/\d+)*(?:/(?:eu|eg|ec|ewg|eec))?(?:\s*(?:,|und|and|bis|to|or|oder)\s*\d+[a-z]?\b)*"
+    r"|\b\d+/\d+/(?:eu|eg|ec|ewg|eec)\b|\(\d+\)",
+    re.IGNORECASE)
+"""A provision named by number: the numbers in it are not figures."""
+
+_NUMBER_WORD = (r"(?:\d[\d.,]*|one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|twenty|thirty|forty|"
+                r"fifty|hundred|thousand|a|an|ein|eine|einem|einen|zwei|drei|vier|fünf|sechs|sieben|acht|neun|zehn|"
+                r"zwölf|zwanzig|dreißig|fünfzig|hundert|tausend)\w*")
+_AMOUNT = r"(?:[$€£]\s*\d[\d.,]*|\d[\d.,]*\s*(?:million|billion|thousand)?\s*(?:dollars|euros?|usd|eur)\b)"
+_PAID = r"(?:paid|pay|price|consideration|purchase|spent|spend|bezahlt|gezahlt|kaufpreis)"
+_PERIOD = (r"(?:years?|months?|weeks?|days?|hours?|minutes?|jahr(?:e|en|es)?|monat(?:e|en|s)?|wochen?|"
+           r"tag(?:e|en|es)?|stunden?|minuten?|kalenderjahr\w*|geschäftsjahr\w*)")
+
+
+@dataclass(frozen=True)
+class Asked:
+    """One form of answer: the questions that ask for it, and what a text that gives it holds."""
+
+    what: str
+    """How a refusal names it ("an age")."""
+    question: re.Pattern[str]
+    answer: re.Pattern[str]
+
+    def asked_by(self, question: str) -> bool:
+        return self.question.search(question) is not None
+
+    def given_by(self, text: str) -> bool:
+        return self.answer.search(text) is not None
+
+
+def _asked(what: str, question: str, answer: str) -> Asked:
+    return Asked(what, re.compile(question, re.IGNORECASE), re.compile(answer, re.IGNORECASE))
+
+
+ASKED: tuple[Asked, ...] = (
+    _asked("a number of hours", r"\b(?:how|wie) many (?:hours|stunden)\b|\bwie viele stunden\b", r"\d\s*(?:hours|stunden)\b"),
+    _asked("an amount in euros", r"\bhow many euros?\b|\bwie viele? euro\b|\bin euros?\b",
+           r"(?:\d[\d .,]*|\w+(?:tausend|hundert)|\w*million\w*)\s*(?:eur|euro)\b|€\s*\d"),
+    _asked("a value in mg/dL", r"\bmg/dl\b", r"mg/dl"),
+    _asked("a temperature", r"\b(?:what|which) temperatures?\b|\bhow (?:hot|cold|warm)\b|\bwelche temperatur",
+           r"\d\s*(?:°|℃|degrees?\b|grad\b)"),
+    _asked("a dose", r"\b(?:what|which) dose\b|\bwelche dosis\b", r"\d\s*(?:mg|g|ml|µg|mcg|units?|iu|ie)\b"),
+    _asked("a price", r"\bhow much (?:does|do|did|would|has|have|had) .{1,80}\bcost\b|\bwhat (?:does|did) .{1,80}\bcost\b",
+           r"[$€£]\s*\d|\d\s*(?:dollars|euros?|eur|usd)\b"),
+    # What was paid for something: an amount is not enough (a filing is full of them); it
+    # must stand within a few words of paying, a price or a consideration.
+    _asked("an amount paid",
+           r"\bhow much (?:did|does|do|will|would|has|have) .{1,80}\b(?:pay|spend)\b|\bwhat (?:did|does) .{1,80}\bpay\b|"
+           r"\b(?:purchase|acquisition) price\b|\bwie viel (?:hat|zahlte|bezahlte) .{1,80}\b(?:bezahlt|gezahlt)\b",
+           rf"{_AMOUNT}(?:\W+\w+){{0,8}}?\W+{_PAID}|{_PAID}\w*(?:\W+\w+){{0,8}}?\W+{_AMOUNT}"),
+    # An age is a number of years of life: "das vierzigste Lebensjahr", "aged 16", "16 years old".
+    _asked("an age", r"\bhow old\b|\bwie alt\b|\bmindestalter\b|\b(?:what|which|minimum|maximum) age\b|\bat what age\b",
+           rf"(?:\b\d+\.?|\b\w+(?:te|ste|ten|sten))\s+lebensjahr|\b(?:age|aged|alter)\s+(?:of\s+|von\s+)?{_NUMBER_WORD}|"
+           rf"\b{_NUMBER_WORD}\s+(?:years?|jahre)\s*(?:old|alt|of age)\b|\d+(?:st|nd|rd|th)?\s+birthday"),
+    # A period of time: a number of years, months, weeks… or the law's "without undue delay".
+    _asked("a period of time",
+           r"\bhow (?:long|quickly|soon)\b|\bwie (?:lange|schnell)\b|\bby when\b|\bbis wann\b|\b(?:term of office|amtszeit)\b|\bwithin what (?:period|time)\b|"
+           r"\b(?:innerhalb|binnen) welche[rn]? (?:frist|zeit)\b|\bwelche[rn]? (?:kündigungs)?frist\b|"
+           r"\bwhat (?:notice|retention|limitation) period\b|\bhow many (?:years|months|weeks|days)\b",
+           rf"\b{_NUMBER_WORD}\s+(?:\w+\s+)?{_PERIOD}\b|\bwithout undue delay\b|\bunverzüglich\b|\bimmediately\b|"
+           r"\bpromptly\b|\bsofort\b|\bno longer than\b|\bnicht länger\b"),
+    _asked("a frequency", r"\bhow often\b|\bwie oft\b|\bhow frequently\b|\bhow many times\b|\bwie häufig\b",
+           r"\b(?:once|twice|thrice|(?:ein|zwei|drei|vier|fünf|sechs|mehr|viel)mal)\b|\b(?:every|each|per|alle|jede[nrsm]?|je|pro)\s+(?:\w+\s+)?"
+           r"(?:year|month|week|day|jahr|monat|woche|tag|kalenderjahr)\w*|\d+\s*times\b|"
+           r"\b(?:daily|weekly|monthly|annually|yearly|jährlich|monatlich|täglich|wöchentlich)\b"),
+    _asked("a percentage or share",
+           r"\bwhat (?:percentage|per ?cent|proportion|share|fraction)\b|\bwie viel prozent\b|\bwie viele prozent\b|"
+           r"\bwelche[rn]? (?:quote|anteil|prozentsatz)\b|\bhow many per ?cent\b",
+           r"%|\bper ?cent\b|\bprozent\b|\bvom hundert\b|\bpercentage points?\b|"
+           r"\b(?:half|third|quarter|hälfte|drittel|viertel)\b"),
+    # The form a declaration must take, in the law's closed vocabulary ("schriftlich oder
+    # elektronisch", "in writing").
+    _asked("a form of declaration", r"\bin welcher form\b|\bin what form\b|\bwhich form must\b",
+           r"\b(?:schriftlich\w*|elektronisch\w*|mündlich\w*|textform|schriftform|in writing|written|orally|"
+           r"electronic\w*|notariell\w*|in text form)\b"),
+    # A prison term: a number of years or months next to imprisonment, not just "a penalty".
+    _asked("a term of imprisonment",
+           r"\b(?:welche[rn]?|what|which|how long|wie lange|wie hoch)\b.{0,40}\b(?:freiheitsstrafe|imprisonment|"
+           r"prison (?:term|sentence)|jail)",
+           rf"\b(?:freiheitsstrafe|imprisonment|prison)\w*(?:\W+\w+){{0,5}}?\W+{_PERIOD}"),
+)
+"""The forms of answer a question can ask for (:class:`Asked`), besides a bare quantity."""
+
+
+def asked_for(question: str) -> list[Asked]:
+    """The forms of answer ``question`` asks for, in :data:`ASKED` order."""
+    return [a for a in ASKED if a.asked_by(question)]
+
+
+def asks_quantity(question: str) -> bool:
+    return QUANTITY_QUESTION.search(question) is not None
+
+
+def has_quantity(text: str) -> bool:
+    """``text`` holds a number that is not part of a provision's name."""
+    return NUMERIC.search(_REFERENCE.sub(" ", text)) is not None
+
+
+def not_given(question: str, text: str) -> list[str]:
+    """What ``question`` asks for that ``text`` does not give ("an age", "a figure"), in
+    :data:`ASKED` order. A named form (an age, a period) is checked for itself — "without undue
+    delay" answers "how quickly" with no number; else a quantity question wants a figure."""
+    forms = asked_for(question)
+    if forms:
+        return [a.what for a in forms if not a.given_by(text)]
+    return ["a figure"] if asks_quantity(question) and not has_quantity(text) else []
+
+
+def gives_any(question: str, text: str) -> bool:
+    """``text`` gives one of the forms ``question`` asks for (True when it asks for none)."""
+    return len(not_given(question, text)) < len(wanted(question)) or not wanted(question)
+
+
+def wanted(question: str) -> list[str]:
+    """Every form of answer ``question`` asks for (empty: none in particular)."""
+    return [a.what for a in asked_for(question)] or (["a figure"] if asks_quantity(question) else [])
+
+
+def asks_for_form(question: str) -> bool:
+    """The question asks for a form of answer a text can be checked for."""
+    return bool(asked_for(question)) or asks_quantity(question)
