@@ -44,6 +44,9 @@ CASES = [
     ("In welcher Form muss die Einwilligung erfolgen?", "Die Einwilligung bedarf der Schriftform.", []),
     ("In welcher Form muss die Einwilligung erfolgen?", "Der Verantwortliche muss die Einwilligung nachweisen.",
      ["a form of declaration"]),
+    ("In which country was the first patient infected?", "The initial case was certainly infected in Zambia.", []),
+    ("In which country was the first patient infected?", "The disease occurs in southern Africa.", ["a country"]),
+    ("In welchem Land hat das Unternehmen seinen Sitz?", "Der Sitz ist in Österreich.", []),
     # A number in a provision's name is not a figure.
     ("How many members does the Board have?", "The Board acts under Article 68(3) and Directive 95/46/EC.",
      ["a figure"]),

@@ -14,8 +14,11 @@ figure: it names a provision, it does not answer "how many".
 
 from __future__ import annotations
 
+import gettext
 import re
 from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Protocol
 
 QUANTITY_QUESTION = re.compile(
     r"\b(how (long|many|much|quickly|soon|often|frequently|common|old|high|large|big|far)|what (?:(?:is|was|are|were) (?:the )?)?(age|amount|"
@@ -49,6 +52,12 @@ _PERIOD = (r"(?:years?|months?|weeks?|days?|hours?|minutes?|jahr(?:e|en|es)?|mon
            r"tag(?:e|en|es)?|stunden?|minuten?|kalenderjahr\w*|geschäftsjahr\w*)")
 
 
+class Finder(Protocol):
+    """What finds an answer's form in a text: a compiled pattern, or one built on first use."""
+
+    def search(self, string: str, /) -> Any: ...
+
+
 @dataclass(frozen=True)
 class Asked:
     """One form of answer: the questions that ask for it, and what a text that gives it holds."""
@@ -56,7 +65,7 @@ class Asked:
     what: str
     """How a refusal names it ("an age")."""
     question: re.Pattern[str]
-    answer: re.Pattern[str]
+    answer: Finder
 
     def asked_by(self, question: str) -> bool:
         return self.question.search(question) is not None
@@ -67,6 +76,35 @@ class Asked:
 
 def _asked(what: str, question: str, answer: str) -> Asked:
     return Asked(what, re.compile(question, re.IGNORECASE), re.compile(answer, re.IGNORECASE))
+
+
+@lru_cache(maxsize=1)
+def _country_names() -> str:
+    """A pattern of every country's name, English and German (ISO 3166-1 as ``pycountry`` ships
+    it, offline): "In which country…" is answered by a sentence that names one."""
+    import pycountry
+
+    de = gettext.translation("iso3166-1", pycountry.LOCALES_DIR, languages=["de"], fallback=True)
+    names: set[str] = set()
+    for c in pycountry.countries:
+        for attr in ("name", "common_name", "official_name"):
+            n = getattr(c, attr, None)
+            if n:
+                names |= {n, de.gettext(n)}
+    # Longest first, so "South Africa" is read whole; short names need their word boundaries.
+    return "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
+
+
+class _Countries:
+    """Compiled on first use: importing this module stays cheap."""
+
+    def search(self, string: str, /) -> re.Match[str] | None:
+        return _country_regex().search(string)
+
+
+@lru_cache(maxsize=1)
+def _country_regex() -> re.Pattern[str]:
+    return re.compile(rf"\b(?:{_country_names()})\b")
 
 
 ASKED: tuple[Asked, ...] = (
@@ -110,6 +148,8 @@ ASKED: tuple[Asked, ...] = (
     _asked("a form of declaration", r"\bin welcher form\b|\bin what form\b|\bwhich form must\b",
            r"\b(?:schriftlich\w*|elektronisch\w*|mündlich\w*|textform|schriftform|in writing|written|orally|"
            r"electronic\w*|notariell\w*|in text form)\b"),
+    Asked("a country", re.compile(r"\b(?:in )?(?:which|what) country\b|\bin welchem land\b|\bwelches land\b|"
+                                  r"\baus welchem land\b", re.IGNORECASE), _Countries()),
     # A prison term: a number of years or months next to imprisonment, not just "a penalty".
     _asked("a term of imprisonment",
            r"\b(?:welche[rn]?|what|which|how long|wie lange|wie hoch)\b.{0,40}\b(?:freiheitsstrafe|imprisonment|"
