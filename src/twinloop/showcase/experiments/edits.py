@@ -80,10 +80,6 @@ class EditsConfig:
 def run(settings, config: EditsConfig, out_dir: Path, *, log=print) -> dict[str, Any]:
     """Run the evaluation on a scratch copy of ``settings.data_dir``; write ``edits.json`` and
     ``edits.md`` to ``out_dir`` and return the results."""
-    from twinloop.runtime import Runtime
-    from twinloop.serving.pipeline import AnswerRequest
-    from twinloop.serving.service import Service
-
     facts = load_edits("test")
     unknown = set(config.modes) - {"memory", "adapters"}
     if unknown or not config.modes:
@@ -101,103 +97,8 @@ def run(settings, config: EditsConfig, out_dir: Path, *, log=print) -> dict[str,
         try:
             if Path(settings.data_dir).exists():
                 shutil.copytree(settings.data_dir, scratch / "data", ignore=shutil.ignore_patterns("*.lock", "jobs"))
-            rt = Runtime(settings.model_copy(update={"data_dir": scratch / "data"}))
-            svc = Service(rt)
-            svc.start()
-            try:
-                def ask(question: str, domain: str) -> dict[str, Any]:
-                    req = AnswerRequest(query=question, domain=domain, max_tokens=config.max_tokens)
-                    return svc.answer(req).to_dict()
-
-                def ask_all(asked: list[tuple[str, str]]) -> list[dict[str, Any]]:
-                    with ThreadPoolExecutor(max_workers=config.concurrency) as pool:
-                        return list(pool.map(lambda qd: ask(*qd), asked))
-
-                before = dict(zip([r["id"] for r in order], [a["text"] for a in ask_all(
-                    [(r["locality"], r["domain"]) for r in order])], strict=True)) if "memory" in config.modes else {}
-                latencies, points, adapter_points, both_points = [], [], [], []
-                marks = sorted({t for t in config.checkpoints if t < config.n} | {config.n})
-                track = None
-                if "adapters" in config.modes:
-                    from twinloop.showcase.experiments.consolidate import AdapterTrack, content, qa_cases
-
-                    track = AdapterTrack(rt.settings, rt, scratch / "adapters", seed)
-                    base_local = dict(zip([r["id"] for r in order], track.answers(
-                        [(r["locality"], r["domain"]) for r in order], config.max_tokens, adapted=False), strict=True))
-                    cases = qa_cases()
-                    base_qa = track.answers([(c["query"], c["domain"]) for c in cases], 48, adapted=False)
-                    retention_before = sum(content(a, c) for a, c in zip(base_qa, cases, strict=True)) / len(cases)
-                consolidated = [0]  # facts already trained into the adapters
-
-                def probe_adapters(t: int, served: dict[str, list[dict[str, Any]]] | None = None) -> None:
-                    """Consolidate the facts since the last checkpoint, then probe the first ``t``;
-                    with the memory track's ``served`` answers, also both together (memory first,
-                    the adapted model's answer where no correction is in scope)."""
-                    track.consolidate(order[consolidated[0]:t], log)
-                    consolidated[0] = t
-                    done = order[:t]
-                    asked = [(p, r) for r in done for p in r["paraphrases"]]
-                    said = {"rel": track.answers([(r["question"], r["domain"]) for r in done], config.max_tokens),
-                            "gen": track.answers([(p, r["domain"]) for p, r in asked], config.max_tokens),
-                            "loc": track.answers([(r["locality"], r["domain"]) for r in done], config.max_tokens)}
-                    rel = [contains(a, r) for a, r in zip(said["rel"], done, strict=True)]
-                    gen = [contains(a, r) for a, (_, r) in zip(said["gen"], asked, strict=True)]
-                    loc = [a == base_local[r["id"]] for a, r in zip(said["loc"], done, strict=True)]
-                    if served is not None:
-                        both = {k: [m["text"] if m["mode"] == "correction" else a
-                                    for m, a in zip(served[k], said[k], strict=True)] for k in said}
-                        both_points.append({
-                            "T": t,
-                            "reliability": sum(contains(a, r) for a, r in zip(both["rel"], done, strict=True)) / t,
-                            "generalisation": sum(contains(a, r) for a, (_, r) in zip(both["gen"], asked, strict=True))
-                            / len(asked),
-                            "locality": sum(a == base_local[r["id"]] for a, r in zip(both["loc"], done, strict=True))
-                            / t})
-                    kept = sum(content(a, c) for a, c in zip(track.answers(
-                        [(c["query"], c["domain"]) for c in cases], 48), cases, strict=True)) / len(cases)
-                    adapter_points.append({"T": t, "reliability": sum(rel) / len(rel),
-                                           "generalisation": sum(gen) / len(gen),
-                                           "locality": sum(loc) / len(loc), "retention": kept,
-                                           "retention_before": retention_before})
-                    log(f"seed {seed} T={t} adapters: " + ", ".join(
-                        f"{k} {v:.3f}" for k, v in adapter_points[-1].items() if k != "T"))
-                memory = "memory" in config.modes
-                for t, row in enumerate(order, start=1):
-                    if not memory:
-                        if t in marks and track is not None:
-                            probe_adapters(t)
-                        continue
-                    t0 = time.perf_counter()
-                    made = rt.correct(row["domain"], row["question"], row["answer"], actor="eval:edits")
-                    for k in range(made.approvals_required):  # law and med: two other reviewers
-                        rt.corrections.approve(made.id, actor=f"eval:reviewer-{k + 1}")
-                    first = ask(row["question"], row["domain"])
-                    latencies.append((time.perf_counter() - t0) * 1000)
-                    if first["mode"] != "correction":
-                        log(f"seed {seed} edit {t}: not served from memory ({first['status']})")
-                    served = None
-                    if t in marks:
-                        done = order[:t]
-                        served = {"rel": ask_all([(r["question"], r["domain"]) for r in done]),
-                                  "gen": ask_all([(p, r["domain"]) for r in done for p in r["paraphrases"]]),
-                                  "loc": ask_all([(r["locality"], r["domain"]) for r in done])}
-                        rel = [contains(a["text"], r) for a, r in zip(served["rel"], done, strict=True)]
-                        gen = [contains(a["text"], r) for a, r in zip(
-                            served["gen"], [r for r in done for _ in r["paraphrases"]], strict=True)]
-                        loc = [a["text"] == before[r["id"]] for a, r in zip(served["loc"], done, strict=True)]
-                        points.append({"T": t, "reliability": sum(rel) / len(rel),
-                                       "generalisation": sum(gen) / len(gen), "locality": sum(loc) / len(loc)})
-                        log(f"seed {seed} T={t}: " + ", ".join(f"{k} {v:.3f}" for k, v in points[-1].items()
-                                                             if k != "T"))
-                    if t in marks and track is not None:
-                        probe_adapters(t, served)
-                per_seed.append({"seed": seed, "points": points, "adapter_points": adapter_points,
-                                 "both_points": both_points,
-                                 "training": track.trained if track is not None else [],
-                                 "latency_ms": {"p50": percentile(latencies, 50), "p95": percentile(latencies, 95)}
-                                 if latencies else None})
-            finally:
-                svc.stop()
+            per_seed.append(_run_seed(settings.model_copy(update={"data_dir": scratch / "data"}), config, seed,
+                                      order, scratch, log))
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         # Written after every seed: a long run stopped early keeps the seeds it finished.
@@ -206,6 +107,116 @@ def run(settings, config: EditsConfig, out_dir: Path, *, log=print) -> dict[str,
         (out_dir / "edits.json").write_text(json.dumps(doc, indent=2) + "\n", "utf-8")
         (out_dir / "edits.md").write_text(markdown(doc), "utf-8")
     return doc
+
+
+def _probes(done: list[dict[str, Any]]) -> dict[str, list[tuple[str, str]]]:
+    """The questions asked at a checkpoint, with their domains: each corrected question
+    (``rel``), its paraphrases (``gen``) and its unrelated question (``loc``)."""
+    return {"rel": [(r["question"], r["domain"]) for r in done],
+            "gen": [(p, r["domain"]) for r in done for p in r["paraphrases"]],
+            "loc": [(r["locality"], r["domain"]) for r in done]}
+
+
+def _score(said: dict[str, list[str]], done: list[dict[str, Any]], before: dict[str, str]) -> dict[str, float]:
+    """Reliability, generalisation and locality of the answers ``said`` to :func:`_probes`."""
+    asked = [r for r in done for _ in r["paraphrases"]]
+    return {"reliability": sum(contains(a, r) for a, r in zip(said["rel"], done, strict=True)) / len(done),
+            "generalisation": sum(contains(a, r) for a, r in zip(said["gen"], asked, strict=True)) / len(asked),
+            "locality": sum(a == before[r["id"]] for a, r in zip(said["loc"], done, strict=True)) / len(done)}
+
+
+def _run_seed(settings, config: EditsConfig, seed: int, order: list[dict[str, Any]], scratch: Path,
+              log) -> dict[str, Any]:
+    """One seed: the facts of ``order`` corrected one by one, probed at every checkpoint."""
+    from twinloop.runtime import Runtime
+    from twinloop.serving.pipeline import AnswerRequest
+    from twinloop.serving.service import Service
+
+    rt = Runtime(settings)
+    svc = Service(rt)
+    svc.start()
+    try:
+        def ask(question: str, domain: str) -> dict[str, Any]:
+            return svc.answer(AnswerRequest(query=question, domain=domain, max_tokens=config.max_tokens)).to_dict()
+
+        def ask_all(asked: list[tuple[str, str]]) -> list[dict[str, Any]]:
+            with ThreadPoolExecutor(max_workers=config.concurrency) as pool:
+                return list(pool.map(lambda qd: ask(*qd), asked))
+
+        memory = "memory" in config.modes
+        ids = [r["id"] for r in order]
+        before = dict(zip(ids, [a["text"] for a in ask_all(_probes(order)["loc"])], strict=True)) if memory else {}
+        adapters = _AdapterProbe(rt, config, seed, order, scratch, log) if "adapters" in config.modes else None
+        latencies: list[float] = []
+        points: list[dict[str, Any]] = []
+        marks = sorted({t for t in config.checkpoints if t < config.n} | {config.n})
+        for t, row in enumerate(order, start=1):
+            served = None
+            if memory:
+                t0 = time.perf_counter()
+                made = rt.correct(row["domain"], row["question"], row["answer"], actor="eval:edits")
+                for k in range(made.approvals_required):  # law and med: two other reviewers
+                    rt.corrections.approve(made.id, actor=f"eval:reviewer-{k + 1}")
+                first = ask(row["question"], row["domain"])
+                latencies.append((time.perf_counter() - t0) * 1000)
+                if first["mode"] != "correction":
+                    log(f"seed {seed} edit {t}: not served from memory ({first['status']})")
+                if t in marks:
+                    served = {k: ask_all(v) for k, v in _probes(order[:t]).items()}
+                    points.append({"T": t, **_score({k: [a["text"] for a in v] for k, v in served.items()},
+                                                     order[:t], before)})
+                    log(f"seed {seed} T={t}: " + ", ".join(f"{k} {v:.3f}" for k, v in points[-1].items() if k != "T"))
+            if t in marks and adapters is not None:
+                adapters.probe(t, served)
+        return {"seed": seed, "points": points,
+                "adapter_points": adapters.points if adapters else [],
+                "both_points": adapters.both_points if adapters else [],
+                "training": adapters.track.trained if adapters else [],
+                "latency_ms": {"p50": percentile(latencies, 50), "p95": percentile(latencies, 95)}
+                if latencies else None}
+    finally:
+        svc.stop()
+
+
+class _AdapterProbe:
+    """The adapters track of one seed: the corrections consolidated into adapters at each
+    checkpoint and probed with memory off (``experiments/consolidate.py``)."""
+
+    def __init__(self, rt, config: EditsConfig, seed: int, order: list[dict[str, Any]], scratch: Path, log) -> None:
+        from twinloop.showcase.experiments.consolidate import AdapterTrack, content, qa_cases
+
+        self.config, self.seed, self.order, self.log = config, seed, order, log
+        self.track = AdapterTrack(rt.settings, rt, scratch / "adapters", seed)
+        self.base_local = dict(zip([r["id"] for r in order], self.track.answers(
+            _probes(order)["loc"], config.max_tokens, adapted=False), strict=True))
+        self.cases = qa_cases()
+        self._content = content
+        base_qa = self.track.answers([(c["query"], c["domain"]) for c in self.cases], 48, adapted=False)
+        self.retention_before = self._retention(base_qa)
+        self.consolidated = 0  # facts already trained into the adapters
+        self.points: list[dict[str, Any]] = []
+        self.both_points: list[dict[str, Any]] = []
+
+    def _retention(self, answers: list[str]) -> float:
+        return sum(self._content(a, c) for a, c in zip(answers, self.cases, strict=True)) / len(self.cases)
+
+    def probe(self, t: int, served: dict[str, list[dict[str, Any]]] | None = None) -> None:
+        """Consolidate the facts since the last checkpoint, then probe the first ``t``; with the
+        memory track's ``served`` answers, also both together (memory first, the adapted
+        model's answer where no correction is in scope)."""
+        self.track.consolidate(self.order[self.consolidated:t], self.log)
+        self.consolidated = t
+        done = self.order[:t]
+        said = {k: self.track.answers(v, self.config.max_tokens) for k, v in _probes(done).items()}
+        if served is not None:
+            both = {k: [m["text"] if m["mode"] == "correction" else a for m, a in zip(served[k], said[k], strict=True)]
+                    for k in said}
+            self.both_points.append({"T": t, **_score(both, done, self.base_local)})
+        kept = self._retention(self.track.answers([(c["query"], c["domain"]) for c in self.cases], 48))
+        self.points.append({"T": t, **_score(said, done, self.base_local), "retention": kept,
+                            "retention_before": self.retention_before})
+        self.log(f"seed {self.seed} T={t} adapters: " + ", ".join(
+            f"{k} {v:.3f}" for k, v in self.points[-1].items() if k != "T"))
 
 
 def _summary(per_seed: list[dict[str, Any]], key: str, metrics: tuple[str, ...]) -> list[dict[str, Any]]:
