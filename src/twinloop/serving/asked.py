@@ -114,6 +114,11 @@ ASKED: tuple[Asked, ...] = (
     _asked("a value in mg/dL", r"\bmg/dl\b", r"mg/dl"),
     _asked("a temperature", r"\b(?:what|which) temperatures?\b|\bhow (?:hot|cold|warm)\b|\bwelche temperatur",
            r"\d\s*(?:°|℃|degrees?\b|grad\b)"),
+    # A range is two bounds: "between 2 and 8 °C", "2–8 °C"; one figure ("up to 16 degrees")
+    # is not the range asked for.
+    _asked("a range", r"\b(?:what|which) (?:\w+ )?range\b|\bin welche[mn]? (?:\w+)?bereich\b|"
+                      r"\bwelche[rn]? (?:\w+)?bereich\b",
+           r"\d[\d.,]*\s*(?:°\s*c?|degrees?\s*(?:c|celsius)?|%|mg|ml|grad)?\s*(?:-|–|to|and|bis|und)\s*[+-]?\d"),
     _asked("a dose", r"\b(?:what|which) dose\b|\bwelche dosis\b", r"\d\s*(?:mg|g|ml|µg|mcg|units?|iu|ie)\b"),
     _asked("a price", r"\bhow much (?:does|do|did|would|has|have|had) .{1,80}\bcost\b|\bwhat (?:does|did) .{1,80}\bcost\b",
            r"[$€£]\s*\d|\d\s*(?:dollars|euros?|eur|usd)\b"),
