@@ -18,13 +18,19 @@ CASES = [
     ("At what age may a child consent on its own?", "The child is at least 16 years old.", []),
     ("At what age may a child consent on its own?", "Consent must be given by the holder of parental "
                                                     "responsibility.", ["an age"]),
+    ("How long is the Skarrow Bridge?", "The bridge is 1.8 kilometres long.", []),
+    ("To which mountain range does Mount Idravoy belong?", "It belongs to the Skaldric Range.", []),
+    ("Roughly what fraction of people get it?", "About 1 in 40,000 people.", []),
+    ("At what age does the syndrome appear?", "It appears in early childhood.", []),
+    ("What is the maximum prison sentence under the act?", "Offenders face up to five years.", []),
+    ("How much do lawyers pay for a certificate?", "The board charges €1,150 for a certificate.", []),
     ("How quickly must a processor tell the controller?", "The processor shall notify the controller without "
                                                           "undue delay.", []),
     ("Wie lange genießt er danach Kündigungsschutz?", "Die Kündigung ist innerhalb eines Jahres unzulässig.", []),
     ("What is the shortest term of office of a member?", "Each member shall be appointed for no less than four "
                                                          "years.", []),
     ("What is the shortest term of office of a member?", "Members shall be appointed by a transparent procedure.",
-     ["a period of time"]),
+     ["a period or a length"]),
     ("Wie oft kann man eine kostenlose Auskunft verlangen?", "Die Auskunft ist einmal je Kalenderjahr "
                                                              "unentgeltlich.", []),
     ("How often must the report be filed?", "The report is filed twice a year.", []),
@@ -40,7 +46,7 @@ CASES = [
     ("How much did the company pay to acquire TOKIN?", "$0.9 million in costs incurred during the relocation.",
      ["an amount paid"]),
     ("Wie lange muss er die Auskunft aufbewahren?", "Er darf sie nur solange verweigern, wie es nötig ist.",
-     ["a period of time"]),
+     ["a period or a length"]),
     ("In welcher Form muss die Einwilligung erfolgen?", "Die Einwilligung bedarf der Schriftform.", []),
     ("In welcher Form muss die Einwilligung erfolgen?", "Der Verantwortliche muss die Einwilligung nachweisen.",
      ["a form of declaration"]),
@@ -69,7 +75,7 @@ def test_what_a_text_does_not_give(question, text, missing):
 
 def test_a_question_asking_two_forms_is_given_one_by_one():
     q = "Wie lange dauert die Amtszeit, und wie oft ist Wiederwahl zulässig?"
-    assert wanted(q) == ["a period of time", "a frequency"]
+    assert wanted(q) == ["a period or a length", "a frequency"]
     assert not_given(q, "Die Amtszeit dauert fünf Jahre.") == ["a frequency"]
     assert gives_any(q, "Die Amtszeit dauert fünf Jahre.") and not gives_any(q, "Die Wahl ist geheim.")
 

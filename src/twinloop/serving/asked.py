@@ -24,7 +24,6 @@ QUANTITY_QUESTION = re.compile(
     r"\b(how (long|many|much|quickly|soon|often|frequently|common|old|high|large|big|far)|what (?:(?:is|was|are|were) (?:the )?)?(age|amount|"
     r"percentage|per ?cent|proportion|fraction|share|fine|period|deadline|number|maximum|minimum|rate|sum|total|"
     r"value|year|date|dose|accuracy|sensitivity|specificity|incidence|prevalence)|which year|by when|within what|"
-    r"what (?:is|was|are|were) the (?:shortest|longest|lowest|highest|earliest|latest|smallest|largest)|"
     r"wie (lange|viele|viel|hoch|alt|oft)|bis wann|in welcher höhe|bis zu welche[rm]? (quote|höhe|betrag|grenze)|"
     r"welche[sn]? (mindestalter|höchststrafe|frist|mehrheit))", re.IGNORECASE)
 """Questions whose answer is a quantity (a number, a date, a duration, a rate)."""
@@ -47,9 +46,11 @@ _NUMBER_WORD = (r"(?:\d[\d.,]*|one|two|three|four|five|six|seven|eight|nine|ten|
                 r"fifty|hundred|thousand|a|an|ein|eine|einem|einen|zwei|drei|vier|fünf|sechs|sieben|acht|neun|zehn|"
                 r"zwölf|zwanzig|dreißig|fünfzig|hundert|tausend)\w*")
 _AMOUNT = r"(?:[$€£]\s*\d[\d.,]*|\d[\d.,]*\s*(?:million|billion|thousand)?\s*(?:dollars|euros?|usd|eur)\b)"
-_PAID = r"(?:paid|pay|price|consideration|purchase|spent|spend|bezahlt|gezahlt|kaufpreis)"
-_PERIOD = (r"(?:years?|months?|weeks?|days?|hours?|minutes?|jahr(?:e|en|es)?|monat(?:e|en|s)?|wochen?|"
-           r"tag(?:e|en|es)?|stunden?|minuten?|kalenderjahr\w*|geschäftsjahr\w*)")
+_PAID = (r"(?:paid|pay|price|consideration|purchase|spent|spend|charge[sd]?|fees?|premium|bezahlt|gezahlt|kaufpreis|"
+         r"gebühr\w*|entgelt\w*)")
+_PERIOD = (r"(?:years?|months?|weeks?|days?|hours?|minutes?|seconds?|jahr(?:e|en|es)?|monat(?:e|en|s)?|wochen?|"
+           r"tag(?:e|en|es)?|stunden?|minuten?|sekunden?|kalenderjahr\w*|geschäftsjahr\w*)")
+_LENGTH = r"(?:metres?|meters?|kilometres?|kilometers?|km|miles?|feet|foot|ft|yards?|centimet\w+|cm|mm|m)"
 
 
 class Finder(Protocol):
@@ -115,9 +116,11 @@ ASKED: tuple[Asked, ...] = (
     _asked("a temperature", r"\b(?:what|which) temperatures?\b|\bhow (?:hot|cold|warm)\b|\bwelche temperatur",
            r"\d\s*(?:°|℃|degrees?\b|grad\b)"),
     # A range is two bounds: "between 2 and 8 °C", "2–8 °C"; one figure ("up to 16 degrees")
-    # is not the range asked for.
-    _asked("a range", r"\b(?:what|which) (?:\w+ )?range\b|\bin welche[mn]? (?:\w+)?bereich\b|"
-                      r"\bwelche[rn]? (?:\w+)?bereich\b",
+    # is not the range asked for. Only a range of values: "which mountain range" asks a name.
+    _asked("a range", r"\b(?:what|which) (?:temperature|dose|dosage|price|age|value|reference|normal|pressure|"
+                      r"salary|weight|concentration|frequency) range\b|\b(?:what|which) range of (?:values|temperatures|doses)\b|"
+                      r"\bin welche[mn]? (?:temperatur|dosis|preis|alters|wert|druck)?bereich\b|"
+                      r"\bwelche[rn]? (?:temperatur|dosis|preis|alters|wert|druck)?bereich\b",
            r"\d[\d.,]*\s*(?:°\s*c?|degrees?\s*(?:c|celsius)?|%|mg|ml|grad)?\s*(?:-|–|to|and|bis|und)\s*[+-]?\d"),
     _asked("a dose", r"\b(?:what|which) dose\b|\bwelche dosis\b", r"\d\s*(?:mg|g|ml|µg|mcg|units?|iu|ie)\b"),
     _asked("a price", r"\bhow much (?:does|do|did|would|has|have|had) .{1,80}\bcost\b|\bwhat (?:does|did) .{1,80}\bcost\b",
@@ -128,16 +131,20 @@ ASKED: tuple[Asked, ...] = (
            r"\bhow much (?:did|does|do|will|would|has|have) .{1,80}\b(?:pay|spend)\b|\bwhat (?:did|does) .{1,80}\bpay\b|"
            r"\b(?:purchase|acquisition) price\b|\bwie viel (?:hat|zahlte|bezahlte) .{1,80}\b(?:bezahlt|gezahlt)\b",
            rf"{_AMOUNT}(?:\W+\w+){{0,8}}?\W+{_PAID}|{_PAID}\w*(?:\W+\w+){{0,8}}?\W+{_AMOUNT}"),
-    # An age is a number of years of life: "das vierzigste Lebensjahr", "aged 16", "16 years old".
+    # An age is a number of years of life ("das vierzigste Lebensjahr", "aged 16", "16 years",
+    # "four months") or a stage of it ("early childhood").
     _asked("an age", r"\bhow old\b|\bwie alt\b|\bmindestalter\b|\b(?:what|which|minimum|maximum) age\b|\bat what age\b",
            rf"(?:\b\d+\.?|\b\w+(?:te|ste|ten|sten))\s+lebensjahr|\b(?:age|aged|alter)\s+(?:of\s+|von\s+)?{_NUMBER_WORD}|"
-           rf"\b{_NUMBER_WORD}\s+(?:years?|jahre)\s*(?:old|alt|of age)\b|\d+(?:st|nd|rd|th)?\s+birthday"),
-    # A period of time: a number of years, months, weeks… or the law's "without undue delay".
-    _asked("a period of time",
-           r"\bhow (?:long|quickly|soon)\b|\bwie (?:lange|schnell)\b|\bby when\b|\bbis wann\b|\b(?:term of office|amtszeit)\b|\bwithin what (?:period|time)\b|"
+           rf"\b{_NUMBER_WORD}\s+(?:years?|months?|weeks?|days?|jahr(?:e|en)?|monat(?:e|en)?|wochen|tag(?:e|en))\b|"
+           r"\d+(?:st|nd|rd|th)?\s+birthday|\b(?:childhood|infancy|adolescence|adulthood|puberty|old age|"
+           r"middle age|neonatal|newborn|kindheit|kindesalter|jugend\w*|pubertät|erwachsenenalter|säugling\w*)\b"),
+    # A period of time: a number of years, months, weeks… or the law's "without undue delay";
+    # "how long is the bridge" asks for a length.
+    _asked("a period or a length",
+           r"\bhow (?:long|quickly|soon)\b|\bwie (?:lange|schnell)\b|\b(?:term of office|amtszeit)\b|\bwithin what (?:period|time)\b|"
            r"\b(?:innerhalb|binnen) welche[rn]? (?:frist|zeit)\b|\bwelche[rn]? (?:kündigungs)?frist\b|"
            r"\bwhat (?:notice|retention|limitation) period\b|\bhow many (?:years|months|weeks|days)\b",
-           rf"\b{_NUMBER_WORD}\s+(?:\w+\s+)?{_PERIOD}\b|\bwithout undue delay\b|\bunverzüglich\b|\bimmediately\b|"
+           rf"\b{_NUMBER_WORD}\s+(?:\w+\s+)?{_PERIOD}\b|\d[\d.,]*\s*{_LENGTH}\b|\bwithout undue delay\b|\bunverzüglich\b|\bimmediately\b|"
            r"\bpromptly\b|\bsofort\b|\bno longer than\b|\bnicht länger\b"),
     _asked("a frequency", r"\bhow often\b|\bwie oft\b|\bhow frequently\b|\bhow many times\b|\bwie häufig\b",
            r"\b(?:once|twice|thrice|(?:ein|zwei|drei|vier|fünf|sechs|mehr|viel)mal)\b|\b(?:every|each|per|alle|jede[nrsm]?|je|pro)\s+(?:\w+\s+)?"
@@ -147,19 +154,23 @@ ASKED: tuple[Asked, ...] = (
            r"\bwhat (?:percentage|per ?cent|proportion|share|fraction)\b|\bwie viel prozent\b|\bwie viele prozent\b|"
            r"\bwelche[rn]? (?:quote|anteil|prozentsatz)\b|\bhow many per ?cent\b",
            r"%|\bper ?cent\b|\bprozent\b|\bvom hundert\b|\bpercentage points?\b|"
+           r"\b\d[\d.,]*\s+(?:in|of|out of|von|aus)\s+\d|"
            r"\b(?:half|third|quarter|hälfte|drittel|viertel)\b"),
     # The form a declaration must take, in the law's closed vocabulary ("schriftlich oder
-    # elektronisch", "in writing").
-    _asked("a form of declaration", r"\bin welcher form\b|\bin what form\b|\bwhich form must\b",
+    # elektronisch", "in writing") — only when a declaration is asked about ("In what form is
+    # the drug sold?" is not).
+    _asked("a form of declaration",
+           r"\bin (?:welcher|what) form\b(?=.*\b(?:einwillig|erklär|kündig|vertr|zustimm|vollmacht|antrag|widersp|"
+           r"consent|declar|notice|notif|contract|agreement|objection|application|request))",
            r"\b(?:schriftlich\w*|elektronisch\w*|mündlich\w*|textform|schriftform|in writing|written|orally|"
            r"electronic\w*|notariell\w*|in text form)\b"),
     Asked("a country", re.compile(r"\b(?:in )?(?:which|what) country\b|\bin welchem land\b|\bwelches land\b|"
                                   r"\baus welchem land\b", re.IGNORECASE), _Countries()),
-    # A prison term: a number of years or months next to imprisonment, not just "a penalty".
+    # A prison term: a number of years or months, not just "a penalty".
     _asked("a term of imprisonment",
            r"\b(?:welche[rn]?|what|which|how long|wie lange|wie hoch)\b.{0,40}\b(?:freiheitsstrafe|imprisonment|"
            r"prison (?:term|sentence)|jail)",
-           rf"\b(?:freiheitsstrafe|imprisonment|prison)\w*(?:\W+\w+){{0,5}}?\W+{_PERIOD}"),
+           rf"\b{_NUMBER_WORD}\s+(?:\w+\s+)?(?:years?|months?|jahr(?:e|en)?|monat(?:e|en)?)\b"),
 )
 """The forms of answer a question can ask for (:class:`Asked`), besides a bare quantity."""
 

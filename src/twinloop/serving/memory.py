@@ -13,8 +13,9 @@ The scope decision, three tests on the nearest correction:
   falls within a correction about Brennor Dynamics, "Who runs Veltrane?" does not, however
   alike the two sentences are.
 - **Same form of answer.** When the question asks for a form of answer (an age, a period,
-  an amount: ``serving/asked.py``), the correction's answer gives it — "21 days" can answer
-  "within what period…", not "how much is the fine…" about the same act.
+  a rate: ``serving/asked.py``), the correction — its question and answer read together, as
+  a passage would be — gives it: "21 days" can answer "within what period…", not "what
+  percentage of turnover…" about the same act.
 - **Same question.** The cosine of the two questions' embeddings reaches a threshold
   calibrated on held-out edits (``scripts/calibrate_correction_scope.py``: paraphrases must
   pass, other facts about the same subject and unrelated questions must not). With the
@@ -93,10 +94,10 @@ def nearest_in_scope(question: str, query_vector: np.ndarray, candidates: list[A
                      threshold: float) -> tuple[int, float] | None:
     """The index and similarity of the correction ``question`` falls under, or None: among the
     ``candidates`` (with ``question``, ``subject`` and ``answer``) whose subject it names and
-    whose answer gives the form it asks for, the nearest by cosine of the (normalised)
+    whose question and answer give the form it asks for, the nearest by cosine of the (normalised)
     question ``vectors``, if it reaches ``threshold``."""
     named = [i for i, c in enumerate(candidates) if names_subject(question, subject_words(c))
-             and not not_given(question, getattr(c, "answer", None) or "")]
+             and not not_given(question, f"{c.question} {getattr(c, 'answer', None) or ''}")]
     if not named:
         return None
     sims = vectors[named] @ np.asarray(query_vector, dtype=np.float32).reshape(-1)
