@@ -58,9 +58,13 @@ CASES = [
     ("In which country was the first patient infected?", "The disease occurs in southern Africa.", ["a country"]),
     ("In welchem Land hat das Unternehmen seinen Sitz?", "Der Sitz ist in Österreich.", []),
     # A number in a provision's name is not a figure.
-    ("How many members does the Board have?", "The Board acts under Article 68(3) and Directive 95/46/EC.",
-     ["a figure"]),
-    ("Wie viele Mitglieder hat der Rat?", "Er handelt nach § 12 Abs. 1 Satz 2 Nr. 3.", ["a figure"]),
+    ("How many members does the Board have?", "The Board acts under Article 68 members' rules and Directive "
+                                               "95/46/EC.", ["a number of members"]),
+    ("Wie viele Mitglieder hat der Rat?", "Er handelt nach § 12 Abs. 1 Satz 2 Nr. 3 mit seinen Mitgliedern.",
+     ["a number of Mitglieder"]),
+    ("Wie viele Abgeordnete hat der Bundestag?", "Er entscheidet, ob ein Abgeordneter die Mitgliedschaft verliert.",
+     ["a number of Abgeordnete"]),
+    ("What is the number of members?", "See Article 68(3) and Directive 95/46/EC.", ["a figure"]),
     ("Wie viele Mitglieder hat der Rat?", "Der Rat hat nach § 12 fünf Mitglieder.", []),
     # No particular form asked: nothing to check.
     ("What does the Board do?", "The Board issues guidelines.", []),

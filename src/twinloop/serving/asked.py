@@ -72,7 +72,7 @@ class Asked:
         return self.question.search(question) is not None
 
     def given_by(self, text: str) -> bool:
-        return self.answer.search(text) is not None
+        return self.answer.search(_REFERENCE.sub(" ", text)) is not None
 
 
 def _asked(what: str, question: str, answer: str) -> Asked:
@@ -175,9 +175,28 @@ ASKED: tuple[Asked, ...] = (
 """The forms of answer a question can ask for (:class:`Asked`), besides a bare quantity."""
 
 
+_COUNTED = re.compile(r"\b(?:how many|wie viele)\s+(?!of\b)([^\W\d_][\w-]*)", re.IGNORECASE)
+_COUNT = (r"(?:\d[\d.,]*|one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|twenty|thirty|forty|"
+          r"fifty|hundred|thousand|zwei|drei|vier|fünf|sechs|sieben|acht|neun|zehn|zwölf|zwanzig|"
+          r"dreißig|fünfzig|hundert|tausend)\w*")
+"""A count: "ein Abgeordneter" and "a member" are articles, not counts."""
+
+
+def _counted(question: str) -> Asked | None:
+    """"How many X" asks for a count of X: a number within a few words before an X ("voting
+    members" → "… 27 members …"); "how many of the …" counts something named later."""
+    m = _COUNTED.search(question)
+    if m is None:
+        return None
+    noun = m.group(1)
+    near = re.compile(rf"\b{_COUNT}(?:\W+\w+){{0,3}}?\W+{re.escape(noun[:max(4, len(noun) - 2)])}", re.IGNORECASE)
+    return Asked(f"a number of {noun}", _COUNTED, near)
+
+
 def asked_for(question: str) -> list[Asked]:
-    """The forms of answer ``question`` asks for, in :data:`ASKED` order."""
-    return [a for a in ASKED if a.asked_by(question)]
+    """The forms of answer ``question`` asks for, in :data:`ASKED` order, then a count."""
+    counted = _counted(question)
+    return [a for a in ASKED if a.asked_by(question)] + ([counted] if counted else [])
 
 
 def asks_quantity(question: str) -> bool:

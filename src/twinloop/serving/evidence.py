@@ -152,18 +152,11 @@ def unmentioned(question: str, passages: Sequence[str], *, dated: bool = True) -
     return sorted(missing, key=question.casefold().find)
 
 
-_COUNTED = re.compile(r"\b(?:how many|wie viele)\s+(?!of\b)([^\W\d_][\w-]*)", re.IGNORECASE)
-_NUMBER_WORD = (r"(?:\d[\d.,]*|one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|twenty|thirty|forty|"
-                r"fifty|hundred|thousand|ein|zwei|drei|vier|fünf|sechs|sieben|acht|neun|zehn|zwölf|zwanzig|"
-                r"dreißig|fünfzig|hundert|tausend)\w*")
-
-
 def missing_unit(question: str, passages: Sequence[str]) -> str | None:
     """What the question asks for that no passage holds ("a number of hours"), or None.
 
-    Besides the forms of ``serving/asked.py`` (hours, euros, an age, a period…), "how many X" asks for a count of X: some
-    passage must put a number within a few words before an X ("voting members" → "… 27
-    members …"); "how many of the …" counts something named later and is not checked.
+    The forms are those of ``serving/asked.py``: hours, euros, an age, a period… and, for
+    "how many X", a count of X — a number within a few words before an X.
 
     A question built on rare words or names ("What dose of zoledronic acid…", "…to acquire
     TOKIN?") asks for the quantity of that subject: only passages that mention all of them
@@ -181,13 +174,6 @@ def missing_unit(question: str, passages: Sequence[str]) -> str | None:
     for asked in asked_for(question):
         if not asked.given_by(text):
             return asked.what
-    m = _COUNTED.search(question)
-    if m:
-        noun = m.group(1)
-        near = re.compile(rf"\b{_NUMBER_WORD}(?:\W+\w+){{0,3}}?\W+{re.escape(noun[:max(4, len(noun) - 2)])}",
-                          re.IGNORECASE)
-        if not near.search(text):
-            return f"a number of {noun}"
     return None
 
 

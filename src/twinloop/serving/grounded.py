@@ -64,6 +64,10 @@ RELATIVE_RELEVANCE = 0.6
 MAX_CLAIMS = 3
 """Quotes in one answer at most: the model's (two at most, ``quotes.MAX_CLAIMS``) and the
 extractive picks, the most relevant first."""
+WIDER_SEARCH = 20
+"""Passages searched again when none of the first gives the form of answer asked for: the
+age of "Wie alt muss man sein…" may be in the sixth passage; the decision is then taken on
+the first passages and those of the wider search that give it."""
 POSSIBLY_RELATED = 3
 """Passages a refusal lists as possibly related (never as claims)."""
 
@@ -86,6 +90,9 @@ class Decision:
     (:func:`scope.pinpoints`); None when it names none."""
     years: tuple[str, ...] = ()
     """Years the answer's quotes must state (:func:`evidence.asked_years`; undated sources only)."""
+    unanswered_form: bool = False
+    """Refused because no passage gives the form of answer asked for (an age, a period): a
+    wider search may find one (:data:`WIDER_SEARCH`)."""
 
     def searched(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -125,7 +132,8 @@ def decide(question: str, domains: list[str], hits: Sequence[Any], catalog: Cata
         return Decision("cannot_verify", f"no passage found mentions {', '.join(repr(m) for m in missing[:3])}")
     unit = missing_unit(question, [h.text for n, h in enumerate(hits, start=1) if allowed is None or n in allowed])
     if unit is not None:
-        return Decision("cannot_verify", f"the question asks for {unit}, and no passage found gives one")
+        return Decision("cannot_verify", f"the question asks for {unit}, and no passage found gives one",
+                        unanswered_form=True)
     ranked = rank_sentences(question, [h.text for h in hits], embedder, query_vector, [h.score for h in hits])
     feats = features(question, ranked, hits)
     if allowed is not None:
@@ -138,7 +146,8 @@ def decide(question: str, domains: list[str], hits: Sequence[Any], catalog: Cata
         # only numbers name an article: what the question asks for must be in some sentence.
         return Decision("cannot_verify", f"the question asks for {' or '.join(wanted(question))}, and no sentence "
                         "found gives it",
-                        ranked=ranked, features=feats, probability=p, threshold=threshold, **extra)
+                        ranked=ranked, features=feats, probability=p, threshold=threshold, unanswered_form=True,
+                        **extra)
     if p < threshold:
         return Decision("cannot_verify", "the passages found do not answer the question", ranked=ranked,
                         features=feats, probability=p, threshold=threshold, **extra)

@@ -24,8 +24,10 @@ from twinloop.knowledge.domains import DomainRegistry
 from twinloop.knowledge.retrieval import Hit, Retriever, parse_date
 from twinloop.serving.evidence import Answerability, default_answerability
 from twinloop.serving.memory import CorrectionMemory, Match
+from twinloop.serving.asked import gives_any
 from twinloop.serving.grounded import (
     POSSIBLY_RELATED,
+    WIDER_SEARCH,
     Decision,
     Quoting,
     assemble,
@@ -177,12 +179,24 @@ class AnswerPipeline:
         grounding = None
         if citations_required:
             t = time.perf_counter()
-            catalog = self.retriever.catalog(view.revision)
-            grounding = decide(req.query, searchable or domains, passages[:MAX_PASSAGES],
-                               Catalog(catalog["jurisdictions"], catalog["articles"], catalog["in_force"],
-                                       catalog.get("parts", {})),
-                               jurisdiction, self.retriever.store.embedder, self.answerability, decision.query_vector,
-                               as_of=day.isoformat())
+            raw = self.retriever.catalog(view.revision)
+            catalog = Catalog(raw["jurisdictions"], raw["articles"], raw["in_force"], raw.get("parts", {}))
+
+            def decide_on(hits: list[Hit]) -> Decision:
+                return decide(req.query, searchable or domains, hits, catalog, jurisdiction,
+                              self.retriever.store.embedder, self.answerability, decision.query_vector,
+                              as_of=day.isoformat())
+            grounding = decide_on(passages[:MAX_PASSAGES])
+            if grounding.unanswered_form and searchable:
+                # None of the first passages gives what is asked (an age, a period): the passages
+                # further down that do join them, and the decision is taken again.
+                wider = view.search(req.query, searchable, k=WIDER_SEARCH, as_of=day, jurisdiction=jurisdiction,
+                                    query_vector=decision.query_vector).hits
+                extra = [h for h in wider[len(passages):] if gives_any(req.query, h.text)]
+                if extra:
+                    again = decide_on([*passages, *extra][:MAX_PASSAGES])
+                    if again.status == "answered":
+                        grounding, passages = again, [*passages, *extra][:MAX_PASSAGES]
             timings["decide"] = _ms(t)
 
         gen = None
