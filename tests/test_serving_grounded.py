@@ -315,3 +315,29 @@ def test_a_figure_quoted_without_its_year_gets_the_line_of_its_passage_that_stat
     made = assemble(question, _tokens_quoting(q, 1, 1), q, d.ranked, d.allowed, d.years)
     texts = " ".join(c.text for c in made.claims)
     assert made.refusal == "" and "$41.9 million" in texts and "Fiscal 2017" in texts
+
+
+def test_a_wider_search_finds_the_passage_that_gives_the_form_asked_for(tiny_runtime, embedder, monkeypatch):
+    from twinloop.serving import pipeline as pipeline_module
+    from twinloop.serving.pipeline import AnswerRequest
+    from twinloop.serving.service import Service
+
+    rt = tiny_runtime
+    # Many passages about the office, none with an age; the one with the age ranks below them.
+    docs = [{"text": f"Der Bundespräsident Bundespräsident vertritt den Bund. Regel {i} über den Bundespräsidenten "
+                     f"und den Bundespräsidenten.", "jurisdiction": "DE", "code": "GG", "article": f"Art. {50 + i}",
+             "source": "test"} for i in range(8)]
+    docs.append({"text": "Der Bundespräsident wird gewählt. Wählbar ist jeder Deutsche, der das vierzigste "
+                         "Lebensjahr vollendet hat.",
+                 "jurisdiction": "DE", "code": "GG", "article": "Art. 54", "source": "test"})
+    rt.knowledge.ingest("law", docs)
+    svc = Service(rt)
+    svc.pipeline.answerability = LENIENT
+    question = "Wie alt muss der Bundespräsident mindestens sein?"
+    prep = svc.pipeline.prepare(AnswerRequest(query=question, domain="law"), svc.active)
+    assert prep.decision.status == "answered", prep.decision.reason
+    assert any("vierzigste" in h.text for h in prep.prompt_passages)
+    # Without the wider search the same question is refused: no passage found gives an age.
+    monkeypatch.setattr(pipeline_module, "WIDER_SEARCH", 5)
+    prep = svc.pipeline.prepare(AnswerRequest(query=question, domain="law"), svc.active)
+    assert prep.decision.status == "cannot_verify" and "an age" in prep.decision.reason
