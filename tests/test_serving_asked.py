@@ -22,6 +22,9 @@ CASES = [
     ("To which mountain range does Mount Idravoy belong?", "It belongs to the Skaldric Range.", []),
     ("Roughly what fraction of people get it?", "About 1 in 40,000 people.", []),
     ("At what age does the syndrome appear?", "It appears in early childhood.", []),
+    ("Wie alt muss man sein, um gewählt zu werden?", "Das gilt, wenn die Vorlage nicht innerhalb von vier Wochen "
+                                                      "verabschiedet wird.", ["an age"]),
+    ("By what age must a puppy be registered?", "Puppies must be registered by the age of four months.", []),
     ("What is the maximum prison sentence under the act?", "Offenders face up to five years.", []),
     ("How much do lawyers pay for a certificate?", "The board charges €1,150 for a certificate.", []),
     ("How quickly must a processor tell the controller?", "The processor shall notify the controller without "

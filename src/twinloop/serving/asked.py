@@ -135,7 +135,11 @@ ASKED: tuple[Asked, ...] = (
     # "four months") or a stage of it ("early childhood").
     _asked("an age", r"\bhow old\b|\bwie alt\b|\bmindestalter\b|\b(?:what|which|minimum|maximum) age\b|\bat what age\b",
            rf"(?:\b\d+\.?|\b\w+(?:te|ste|ten|sten))\s+lebensjahr|\b(?:age|aged|alter)\s+(?:of\s+|von\s+)?{_NUMBER_WORD}|"
-           rf"\b{_NUMBER_WORD}\s+(?:years?|months?|weeks?|days?|jahr(?:e|en)?|monat(?:e|en)?|wochen|tag(?:e|en))\b|"
+           # A bare "four months" is an age only beside a word for age: "vier Wochen" alone is a period.
+           rf"\b(?:age|aged|alter|alt|old)\b.{{0,120}}?\b{_NUMBER_WORD}\s+(?:years?|months?|weeks?|days?|jahr(?:e|en)?|"
+           rf"monat(?:e|en)?|wochen|tag(?:e|en))\b|"
+           rf"\b{_NUMBER_WORD}\s+(?:years?|months?|weeks?|days?|jahr(?:e|en)?|monat(?:e|en)?|wochen|tag(?:e|en))\b"
+           rf".{{0,40}}?\b(?:age|aged|alter|alt|old)\b|"
            r"\d+(?:st|nd|rd|th)?\s+birthday|\b(?:childhood|infancy|adolescence|adulthood|puberty|old age|"
            r"middle age|neonatal|newborn|kindheit|kindesalter|jugend\w*|pubertät|erwachsenenalter|säugling\w*)\b"),
     # A period of time: a number of years, months, weeks… or the law's "without undue delay";
@@ -193,9 +197,11 @@ def _counted(question: str) -> Asked | None:
     return Asked(f"a number of {noun}", _COUNTED, near)
 
 
-def asked_for(question: str) -> list[Asked]:
-    """The forms of answer ``question`` asks for, in :data:`ASKED` order, then a count."""
-    counted = _counted(question)
+def asked_for(question: str, *, count: bool = True) -> list[Asked]:
+    """The forms of answer ``question`` asks for, in :data:`ASKED` order, then a count (unless
+    ``count`` is False: a short answer names what it counts in its own words, "three
+    arbitrators" for "how many members")."""
+    counted = _counted(question) if count else None
     return [a for a in ASKED if a.asked_by(question)] + ([counted] if counted else [])
 
 
@@ -208,11 +214,11 @@ def has_quantity(text: str) -> bool:
     return NUMERIC.search(_REFERENCE.sub(" ", text)) is not None
 
 
-def not_given(question: str, text: str) -> list[str]:
+def not_given(question: str, text: str, *, count: bool = True) -> list[str]:
     """What ``question`` asks for that ``text`` does not give ("an age", "a figure"), in
     :data:`ASKED` order. A named form (an age, a period) is checked for itself — "without undue
     delay" answers "how quickly" with no number; else a quantity question wants a figure."""
-    forms = asked_for(question)
+    forms = asked_for(question, count=count)
     if forms:
         return [a.what for a in forms if not a.given_by(text)]
     return ["a figure"] if asks_quantity(question) and not has_quantity(text) else []

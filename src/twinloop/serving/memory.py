@@ -97,7 +97,7 @@ def nearest_in_scope(question: str, query_vector: np.ndarray, candidates: list[A
     whose question and answer give the form it asks for, the nearest by cosine of the (normalised)
     question ``vectors``, if it reaches ``threshold``."""
     named = [i for i, c in enumerate(candidates) if names_subject(question, subject_words(c))
-             and not not_given(question, f"{c.question} {getattr(c, 'answer', None) or ''}")]
+             and not not_given(question, f"{c.question} {getattr(c, 'answer', None) or ''}", count=False)]
     if not named:
         return None
     sims = vectors[named] @ np.asarray(query_vector, dtype=np.float32).reshape(-1)
