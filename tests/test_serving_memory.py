@@ -51,6 +51,13 @@ def test_a_question_asking_for_another_form_of_answer_is_out_of_scope():
                              ("What percentage of turnover can the Veltrane Data Act fine?", False),
                              ("Who enforces the Veltrane Data Act?", True)]:
         assert (nearest_in_scope(question, same[0], [c], same, 0.5) is not None) == inside, question
+    # A short answer names what it counts in its own words: "three arbitrators" answers
+    # "how many members" (a passage would have to say "three members").
+    panel = type("C", (), {"subject": "Orlenna Arbitration Rules", "answer": "three arbitrators",
+                           "question": "How many arbitrators sit on a default panel under the Orlenna Arbitration "
+                                       "Rules?"})()
+    assert nearest_in_scope("The Orlenna Arbitration Rules set the default panel at how many members?", same[0],
+                            [panel], same, 0.5) is not None
 
 
 def test_other_domains_do_not_see_it(memory, tiny_runtime):
