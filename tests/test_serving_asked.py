@@ -22,6 +22,7 @@ CASES = [
     ("To which mountain range does Mount Idravoy belong?", "It belongs to the Skaldric Range.", []),
     ("Roughly what fraction of people get it?", "About 1 in 40,000 people.", []),
     ("At what age does the syndrome appear?", "It appears in early childhood.", []),
+    ("How long must records be kept?", "Records are kept for all tenants and all years.", ["a period or a length"]),
     ("Wie alt muss man sein, um gewählt zu werden?", "Das gilt, wenn die Vorlage nicht innerhalb von vier Wochen "
                                                       "verabschiedet wird.", ["an age"]),
     ("By what age must a puppy be registered?", "Puppies must be registered by the age of four months.", []),

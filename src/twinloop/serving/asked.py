@@ -42,9 +42,14 @@ _REFERENCE = re.compile(
     re.IGNORECASE)
 """A provision named by number: the numbers in it are not figures."""
 
-_NUMBER_WORD = (r"(?:\d[\d.,]*|one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|twenty|thirty|forty|"
-                r"fifty|hundred|thousand|a|an|ein|eine|einem|einen|zwei|drei|vier|fünf|sechs|sieben|acht|neun|zehn|"
-                r"zwölf|zwanzig|dreißig|fünfzig|hundert|tausend)\w*")
+_INFLECTED = r"(?:e|en|em|er|es|s|te|ten|ter|tes|ste|sten|th)?\b"
+"""The endings a number word takes ("einem", "vierzigste", "fifth"), after German compounds
+("fünfzigtausend", "dreiundzwanzig"): not any word that starts like one ("all", "tenant")."""
+_NUMBERS = (r"(?:one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|twenty|thirty|forty|fifty|hundred|"
+            r"thousand|ein|zwei|drei|vier|fünf|sechs|sieben|acht|neun|zehn|zwölf|zwanzig|dreißig|vierzig|fünfzig|"
+            r"hundert|tausend)")
+_SPELLED = rf"{_NUMBERS}(?:(?:und)?{_NUMBERS})*{_INFLECTED}"
+_NUMBER_WORD = rf"(?:\d[\d.,]*|a|an|{_SPELLED})"
 _AMOUNT = r"(?:[$€£]\s*\d[\d.,]*|\d[\d.,]*\s*(?:million|billion|thousand)?\s*(?:dollars|euros?|usd|eur)\b)"
 _PAID = (r"(?:paid|pay|price|consideration|purchase|spent|spend|charge[sd]?|fees?|premium|bezahlt|gezahlt|kaufpreis|"
          r"gebühr\w*|entgelt\w*)")
@@ -180,9 +185,7 @@ ASKED: tuple[Asked, ...] = (
 
 
 _COUNTED = re.compile(r"\b(?:how many|wie viele)\s+(?!of\b)([^\W\d_][\w-]*)", re.IGNORECASE)
-_COUNT = (r"(?:\d[\d.,]*|one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|twenty|thirty|forty|"
-          r"fifty|hundred|thousand|zwei|drei|vier|fünf|sechs|sieben|acht|neun|zehn|zwölf|zwanzig|"
-          r"dreißig|fünfzig|hundert|tausend)\w*")
+_COUNT = rf"(?:\d[\d.,]*|(?!ein){_SPELLED})"
 """A count: "ein Abgeordneter" and "a member" are articles, not counts."""
 
 
