@@ -70,11 +70,14 @@ def main(argv: list[str] | None = None) -> int:
     nv = np.asarray(embedder.encode(must_not), dtype=np.float32)
     grid = [round(t, 3) for t in np.arange(0.40, 0.96, 0.01)]
     table = []
+    # The nearest correction in scope does not depend on the threshold: found once, then cut.
+    near_must = [nearest_in_scope(q, v, facts, vectors, -1.0) for (q, _), v in zip(must, mv, strict=True)]
+    near_not = [nearest_in_scope(q, v, facts, vectors, -1.0) for q, v in zip(must_not, nv, strict=True)]
     for t in grid:
-        hits = [nearest_in_scope(q, v, facts, vectors, t) for (q, _), v in zip(must, mv, strict=True)]
+        hits = [h if h is not None and h[1] >= t else None for h in near_must]
         right = sum(h is not None and h[0] == i for h, (_, i) in zip(hits, must, strict=True))
         wrong = sum(h is not None and h[0] != i for h, (_, i) in zip(hits, must, strict=True))
-        false = [nearest_in_scope(q, v, facts, vectors, t) is not None for q, v in zip(must_not, nv, strict=True)]
+        false = [h is not None and h[1] >= t for h in near_not]
         table.append({"threshold": t, "matched_own": right / len(must), "matched_other": wrong / len(must),
                       "false_matches": sum(false) / len(must_not),
                       "false_unrelated": sum(false[:len(rows)]) / len(rows),
