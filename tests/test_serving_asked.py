@@ -70,6 +70,13 @@ CASES = [
      ["a number of Abgeordnete"]),
     ("What is the number of members?", "See Article 68(3) and Directive 95/46/EC.", ["a figure"]),
     ("Wie viele Mitglieder hat der Rat?", "Der Rat hat nach § 12 fünf Mitglieder.", []),
+    # People are counted by any word for people: a study of men reports "24 patients".
+    ("How many men showed biochemical failure?", "Only 24 patients (12%) had eventual evidence of failure.", []),
+    ("Wie viele Menschen erkranken jährlich?", "Jährlich erkranken etwa 500 Personen.", []),
+    ("How many men showed biochemical failure?", "The failure was seen in 12 nomograms.", ["a number of men"]),
+    # A question that names its answer's unit asks for a figure.
+    ("What was EBIT in fiscal 2019, in € million?", "EBIT rose on higher margins.", ["a figure"]),
+    ("What was EBIT in fiscal 2019, in € million?", "EBIT | 713 | 828", []),
     # No particular form asked: nothing to check.
     ("What does the Board do?", "The Board issues guidelines.", []),
 ]

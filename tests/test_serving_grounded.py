@@ -14,9 +14,10 @@ from twinloop.serving.evidence import (
     FEATURES,
     Answerability,
     default_answerability,
+    givers,
     rank_sentences,
 )
-from twinloop.serving.grounded import assemble, decide, extractive, quoting
+from twinloop.serving.grounded import answer_passage, assemble, decide, extractive, quoting, renumbered
 from twinloop.serving.scope import Catalog
 
 QUESTION = "How long does a controller have to act on a data subject's request?"
@@ -290,6 +291,41 @@ def test_quotes_around_the_answer_are_led_by_the_sentence_that_gives_it(tok, emb
     assert "vierzigste Lebensjahr" in made.claims[0].text and made.refusal == ""
     for c in made.claims:
         assert passages[c.n - 1][c.start:c.end] == c.text
+
+
+def test_the_best_sentence_giving_the_form_leads_when_the_model_quotes_another(tok, embedder):
+    # Both passages give a frequency; the model quotes the reminder rule, the ranking knows the
+    # yearly free copy is what was asked.
+    passages = ["Der Betroffene kann einmal je Kalenderjahr eine unentgeltliche Auskunft in Textform verlangen.",
+                "Die Forderung ist übermittelbar, wenn der Betroffene mindestens zweimal schriftlich gemahnt worden ist."]
+    question = "Wie oft kann der Betroffene eine unentgeltliche Auskunft in Textform verlangen?"
+    d = decide(question, ["law"], _hits(passages), Catalog({"law": frozenset({"DE"})}, {}), None, embedder, LENIENT)
+    assert d.status == "answered"
+    q = quoting(tok, _hits(passages), d.ranked)
+    made = assemble(question, _tokens_quoting(q, 2, 0), q, d.ranked, d.allowed)
+    assert made.claims[0].text == passages[0] and made.refusal == ""
+    assert any("zweimal" in c.text for c in made.claims)  # the model's quote stays, second
+
+
+def test_a_sentence_naming_the_question_s_names_leads_the_givers(embedder):
+    passages = ["The net financial result comprises the interest result of €−119 million (2017/18: €−136 million). "
+                "Earnings before interest and taxes EBIT | 713 | 828"]
+    question = "What was EBIT in the 2018/2019 financial year in € million, in the table of the net financial result?"
+    ranked = rank_sentences(question, passages, embedder)
+    assert "EBIT" in givers(question, ranked, passages)[0].text
+
+
+def test_the_passage_that_gives_the_answer_is_kept_first_and_renumbered(embedder):
+    passages = ["Der Bundespräsident wird ohne Aussprache von der Bundesversammlung gewählt.",
+                "Die Bundesversammlung besteht aus den Mitgliedern des Bundestages.",
+                "Wählbar ist jeder Deutsche, der das vierzigste Lebensjahr vollendet hat."]
+    question = "Wie alt muss jemand mindestens sein, um zum Bundespräsidenten gewählt zu werden?"
+    d = decide(question, ["law"], _hits(passages), Catalog({"law": frozenset({"DE"})}, {}), None, embedder, LENIENT)
+    assert answer_passage(question, d, passages) == 3
+    kept = renumbered(d, [1, 3])  # the prompt's budget dropped passage 2
+    assert {s.n for s in kept.ranked} == {1, 2}
+    assert all(passages[[1, 3][s.n - 1] - 1][s.start:s.end] == s.text for s in kept.ranked)
+    assert answer_passage("Was macht die Bundesversammlung?", d, passages) is None  # no form asked
 
 
 def test_decide_refuses_when_no_sentence_gives_the_form_asked_for(embedder):

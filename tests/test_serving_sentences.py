@@ -36,6 +36,12 @@ def _split(text: str) -> list[str]:
      ["Sie muss bei ihrer Wahl das 35. Lebensjahr vollendet haben.", "Sie muss Kenntnisse haben."]),
     ("Die Regel galt bis 2019. Die neue Regel gilt seit 2020.",
      ["Die Regel galt bis 2019.", "Die neue Regel gilt seit 2020."]),
+    # A ";" inside brackets is part of the sentence; the second half holds what it says.
+    ("Only 24 patients (12%) in the study group (versus 20% in control group; P = 0.01) had eventual evidence "
+     "of biochemical failure. Next.",
+     ["Only 24 patients (12%) in the study group (versus 20% in control group; P = 0.01) had eventual evidence "
+      "of biochemical failure.", "Next."]),
+    ("a) first item; b) second item (see; above", ["a) first item;", "b) second item (see; above"]),
     ("", []),
     ("   \n  ", []),
 ])

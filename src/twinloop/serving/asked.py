@@ -25,8 +25,11 @@ QUANTITY_QUESTION = re.compile(
     r"percentage|per ?cent|proportion|fraction|share|fine|period|deadline|number|maximum|minimum|rate|sum|total|"
     r"value|year|date|dose|accuracy|sensitivity|specificity|incidence|prevalence)|which year|by when|within what|"
     r"wie (lange|viele|viel|hoch|alt|oft)|bis wann|in welcher höhe|bis zu welche[rm]? (quote|höhe|betrag|grenze)|"
-    r"welche[sn]? (mindestalter|höchststrafe|frist|mehrheit))", re.IGNORECASE)
-"""Questions whose answer is a quantity (a number, a date, a duration, a rate)."""
+    r"welche[sn]? (mindestalter|höchststrafe|frist|mehrheit)|"
+    r"in (?:€|\$|£|us\$|eur|usd|euros?|dollars?) ?(?:millions?|billions?|thousands?|mio|mrd|bn|m|k)\b|"
+    r"in (?:millions|billions|thousands) of\b)", re.IGNORECASE)
+"""Questions whose answer is a quantity (a number, a date, a duration, a rate) — also one that
+names the unit of its answer ("What was EBIT…, in € million?")."""
 
 NUMERIC = re.compile(r"\d|\b(?:one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|twenty|thirty|forty|"
                      r"fifty|hundred|thousand|half|twice|zwei|drei|vier|fünf|sechs|sieben|acht|neun|zehn|elf|zwölf|"
@@ -189,14 +192,26 @@ _COUNT = rf"(?:\d[\d.,]*|(?!ein){_SPELLED})"
 """A count: "ein Abgeordneter" and "a member" are articles, not counts."""
 
 
+_PEOPLE = ("men", "women", "people", "persons", "patients", "participants", "subjects", "individuals", "adults",
+           "children", "infants", "cases", "personen", "patienten", "patientinnen", "teilnehmer", "menschen",
+           "männer", "frauen", "kinder", "fälle")
+"""Words a study counts people by: "how many men…" is answered by "24 patients" in a study of
+men — an abstract names its subjects one way in its methods and another in its results."""
+
+
 def _counted(question: str) -> Asked | None:
     """"How many X" asks for a count of X: a number within a few words before an X ("voting
-    members" → "… 27 members …"); "how many of the …" counts something named later."""
+    members" → "… 27 members …"); "how many of the …" counts something named later. People
+    are counted by any word for people (:data:`_PEOPLE`)."""
     m = _COUNTED.search(question)
     if m is None:
         return None
     noun = m.group(1)
-    near = re.compile(rf"\b{_COUNT}(?:\W+\w+){{0,3}}?\W+{re.escape(noun[:max(4, len(noun) - 2)])}", re.IGNORECASE)
+    if noun.casefold() in _PEOPLE:
+        what = "(?:" + "|".join(_PEOPLE) + r")\b"
+    else:
+        what = re.escape(noun[:max(4, len(noun) - 2)])
+    near = re.compile(rf"\b{_COUNT}(?:\W+\w+){{0,3}}?\W+{what}", re.IGNORECASE)
     return Asked(f"a number of {noun}", _COUNTED, near)
 
 

@@ -190,15 +190,23 @@ def givers(question: str, ranked: Sequence[Sentence], passages: Sequence[str],
     ``form`` when named, else any of its forms), best first: each in a passage that mentions
     the question's subject and, when the question names one party of a pair, naming that
     party (a controller's deadline does not answer a processor question). Every sentence when
-    the question asks for no particular form."""
+    the question asks for no particular form.
+
+    A sentence that itself names more of the question's names comes first: asked for EBIT,
+    the table row "Earnings before interest and taxes EBIT | 713 | 828" answers, the
+    paragraph beside it about the net financial result does not, however close its wording."""
     if not asks_for_form(question):
         return list(ranked)
     roles = _asked_roles(question)
     about = {n: _about_subject(question, p) for n, p in enumerate(passages, start=1)}
+    named = names(question)
 
     def gives(text: str) -> bool:
         return gives_any(question, text) if form is None else form not in not_given(question, text)
-    return [s for s in ranked if about.get(s.n, False) and gives(s.text) and not (roles and _about_other(s.text, roles))]
+    out = [s for s in ranked if about.get(s.n, False) and gives(s.text) and not (roles and _about_other(s.text, roles))]
+    if named:
+        out.sort(key=lambda s: -sum(n in s.text.casefold() for n in named))
+    return out
 
 
 COUNTERPARTS: tuple[tuple[str, str], ...] = (

@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from twinloop.knowledge.retrieval import article_number
@@ -154,6 +154,25 @@ def decide(question: str, domains: list[str], hits: Sequence[Any], catalog: Cata
     return Decision("answered", ranked=ranked, features=feats, probability=p, threshold=threshold, **extra)
 
 
+def answer_passage(question: str, decision: Decision, passages: Sequence[str]) -> int | None:
+    """The passage (1-based) of the best sentence that gives what the question asks for, or
+    None: the prompt keeps it within its token budget before passages that rank higher but do
+    not give it (a long statute's neighbouring sections would otherwise push it out)."""
+    if not asks_for_form(question):
+        return None
+    best = next(iter(givers(question, decision.ranked, passages)), None)
+    return best.n if best is not None else None
+
+
+def renumbered(decision: Decision, kept: Sequence[int]) -> Decision:
+    """``decision`` over the passages ``kept`` (1-based numbers, in their new order): sentences
+    of the others dropped, the rest renumbered."""
+    new = {old: i for i, old in enumerate(kept, start=1)}
+    ranked = [replace(s, n=new[s.n]) for s in decision.ranked if s.n in new]
+    allowed = frozenset(new[n] for n in decision.allowed if n in new) if decision.allowed is not None else None
+    return replace(decision, ranked=ranked, allowed=allowed)
+
+
 @dataclass
 class Quoting:
     """The constraint of one request and what is needed to read its tokens back."""
@@ -222,6 +241,8 @@ def assemble(question: str, tokens: Sequence[int], q: Quoting, ranked: Sequence[
     years the quotes together must state, else there is no answer (:class:`Decision`).
     """
     made = _assemble(question, tokens, q, ranked, allowed)
+    if made.claims and asks_for_form(question):
+        made = _with_best_giver(question, made, ranked, q)
     if made.claims and not_given(question, " ".join(c.text for c in made.claims)):
         made = _with_answer(question, made, ranked, q)
     if asks_for_form(question):
@@ -249,6 +270,19 @@ def _with_years(made: Grounded, ranked: Sequence[Sentence], years: Sequence[str]
             return Grounded([*made.claims[:MAX_CLAIMS - 1], GroundedClaim(s.text, [s.n], s.n, s.start, s.end)],
                             made.mode, made.dropped)
     return made
+
+
+def _with_best_giver(question: str, made: Grounded, ranked: Sequence[Sentence], q: Quoting) -> Grounded:
+    """The claims led by the best-ranked sentence that gives what the question asks for, when
+    the quotes leave it out: asked how often, a 135M model quotes "mindestens zweimal
+    schriftlich gemahnt" from the passage beside the one that says "einmal je Kalenderjahr" —
+    both give a frequency, and the ranking (question similarity, coverage, retrieval score)
+    knows better than the model which one is about the question."""
+    best = next(iter(givers(question, ranked, [p.text for p in q.passages])), None)
+    if best is None or any(c.n == best.n and c.start < best.end and best.start < c.end for c in made.claims):
+        return made
+    lead = GroundedClaim(best.text, [best.n], best.n, best.start, best.end)
+    return Grounded([lead, *made.claims][:MAX_CLAIMS], made.mode, made.dropped)
 
 
 def _with_answer(question: str, made: Grounded, ranked: Sequence[Sentence], q: Quoting) -> Grounded:

@@ -30,10 +30,12 @@ from twinloop.serving.grounded import (
     WIDER_SEARCH,
     Decision,
     Quoting,
+    answer_passage,
     assemble,
     decide,
     passage_sha256,
     quoting,
+    renumbered,
 )
 from twinloop.serving.quotes import MAX_PASSAGES
 from twinloop.serving.release import ServingRelease
@@ -217,17 +219,31 @@ class AnswerPipeline:
         tokenizer = foundation.tokenizer
         budget = foundation.config.max_input_tokens - PROMPT_OVERHEAD_TOKENS - len(
             tokenizer(prep.request.query, add_special_tokens=False)["input_ids"])
-        kept, used = [], 0
-        for h in prep.prompt_passages:
-            cost = len(tokenizer(f"[{len(kept) + 1}] {h.label}\n{h.text}", add_special_tokens=False)["input_ids"])
+        passages = prep.prompt_passages
+        order = list(range(1, len(passages) + 1))
+        first = (answer_passage(prep.request.query, prep.decision, [h.text for h in passages])
+                 if prep.decision is not None else None)
+        if first is not None:
+            order.remove(first)
+            order.insert(0, first)
+        chosen, used = [], 0
+        for n in order:
+            h = passages[n - 1]
+            cost = len(tokenizer(f"[{len(chosen) + 1}] {h.label}\n{h.text}", add_special_tokens=False)["input_ids"])
             if used + cost > budget:
-                break  # later passages rank lower: drop them, keep the numbering of the rest
-            kept.append(h)
+                if n == first and not chosen:
+                    continue  # the answer's passage alone is too long: the others in rank order
+                break  # later passages rank lower: drop them
+            chosen.append(n)
             used += cost
+        kept_n = sorted(chosen)  # the rank order, with the answer's passage kept in it
+        kept = [passages[n - 1] for n in kept_n]
         gen = prep.gen
-        if len(kept) < len(prep.prompt_passages):
+        if len(kept) < len(passages):
             prep.prompt_passages = kept
             gen = replace(gen, messages=self._messages(prep.request.query, kept))
+            if prep.decision is not None:
+                prep.decision = renumbered(prep.decision, kept_n)
         if prep.decision is None:
             return gen
         if not kept:  # not even the best passage fits: nothing can be quoted
