@@ -39,3 +39,17 @@ def test_dimension_mismatch_and_missing_folder(tmp_path):
         load_embedder(EmbedderConfig(dimension=768))
     with pytest.raises(ModelLoadError, match="no config.json"):
         load_embedder(EmbedderConfig(path=tmp_path))
+
+
+@pytest.mark.parametrize("cache_size", [0, 2, 100])
+def test_cached_vectors_equal_fresh_ones_and_the_cache_stays_bounded(cache_size):
+    emb = load_embedder(EmbedderConfig(cache_size=cache_size))
+    texts = ["The controller shall notify the authority.", "Lujo virus was isolated from blood.",
+             "EBIT | 713 | 828", "The controller shall notify the authority."]  # a repeat within one call
+    first = emb.encode(texts)
+    again = emb.encode(list(reversed(texts)))[::-1]  # served from the cache where it holds them
+    np.testing.assert_allclose(first, again, atol=1e-5)
+    np.testing.assert_allclose(first[0], first[3], atol=1e-6)
+    assert len(emb._cache) <= cache_size
+    with pytest.raises(ValueError, match="cache_size"):
+        EmbedderConfig(cache_size=-1)

@@ -77,6 +77,26 @@ CASES = [
     # A question that names its answer's unit asks for a figure.
     ("What was EBIT in fiscal 2019, in € million?", "EBIT rose on higher margins.", ["a figure"]),
     ("What was EBIT in fiscal 2019, in € million?", "EBIT | 713 | 828", []),
+    # Near misses: another currency, a maximum for a minimum, a date for a salary, a mean for a
+    # median, a count of patients for a mortality, money for a headcount.
+    ("What is the maximum GDPR fine expressed in dollars?", "Fines up to 20 000 000 EUR.", ["an amount in dollars"]),
+    ("What is the maximum fine expressed in dollars?", "A fine of $22 million.", []),
+    ("What is the minimum administrative fine under Article 83?", "Fines up to 20 000 000 EUR.", ["a minimum"]),
+    ("What is the minimum administrative fine?", "A fine of at least 500 EUR.", []),
+    ("Wie hoch ist das Gehalt des Bundespräsidenten?", "Die ab dem 1. Januar 2020 geltende Fassung.",
+     ["a sum of money"]),
+    ("What annual revenue did Automated Packaging generate?", "It acquired 100% on August 1, 2019.",
+     ["a sum of money"]),
+    ("What annual revenue did Automated Packaging generate?", "It had annual sales of $240 million.", []),
+    ("What was revenue in 2019?", "Revenue | 1,234 | 1,456", []),
+    ("What share of consolidated revenues did the top ten clients account for?", "They accounted for 32%.", []),
+    ("What was the median survival of the residents?", "Mean survival was 5 months.", ["a median"]),
+    ("What was the mortality among patients with pancreatitis?", "Forty five consecutive patients were studied.",
+     ["a mortality"]),
+    ("What was the mortality among patients with pancreatitis?", "Two patients died (4%).", []),
+    ("How many employees lost their jobs?", "Charges included $39.2 million in employee termination benefits.",
+     ["a number of employees"]),
+    ("How many employees lost their jobs?", "The plan affected about 3 million employees.", []),
     # No particular form asked: nothing to check.
     ("What does the Board do?", "The Board issues guidelines.", []),
 ]

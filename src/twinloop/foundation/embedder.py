@@ -7,7 +7,9 @@ Vectors are L2-normalised so a dot product is the cosine similarity.
 
 from __future__ import annotations
 
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -29,6 +31,8 @@ class Embedder:
         # sentence-transformers 6 renamed the getter; accept both spellings.
         getter = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
         self.dimension = int(getter())
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
 
     @property
     def name(self) -> str:
@@ -42,8 +46,30 @@ class Embedder:
         """
         if len(texts) == 0:
             return np.zeros((0, self.dimension), dtype=np.float32)
+        if self.config.cache_size == 0:
+            return self._encode(list(texts))
+        out: list[np.ndarray | None] = []
+        with self._lock:
+            for t in texts:
+                v = self._cache.get(t)
+                if v is not None:
+                    self._cache.move_to_end(t)
+                out.append(v)
+        missing = list(dict.fromkeys(t for t, v in zip(texts, out, strict=True) if v is None))
+        if missing:
+            fresh = dict(zip(missing, self._encode(missing), strict=True))
+            with self._lock:
+                for t, v in fresh.items():
+                    self._cache[t] = v.copy()  # not a view that keeps the whole batch alive
+                    self._cache.move_to_end(t)
+                while len(self._cache) > self.config.cache_size:
+                    self._cache.popitem(last=False)
+            out = [fresh[t] if v is None else v for t, v in zip(texts, out, strict=True)]
+        return np.stack(out).astype(np.float32, copy=False)
+
+    def _encode(self, texts: list[str]) -> np.ndarray:
         vecs = self._model.encode(
-            list(texts),
+            texts,
             batch_size=self.config.batch_size,
             normalize_embeddings=True,
             convert_to_numpy=True,

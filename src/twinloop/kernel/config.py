@@ -87,6 +87,10 @@ class EmbedderConfig(_Section):
     """Sentences per forward pass; 64 keeps a 2-core CPU busy without large padding waste."""
     dimension: int = Field(default=384, ge=1)
     """Vector dimension (paper, App. A: 384); checked against the loaded model."""
+    cache_size: int = Field(default=20000, ge=0)
+    """Texts whose vectors are kept (least recently used dropped; 0: none). Grounded answers
+    embed every sentence of their passages, and the same passages come back question after
+    question: 20,000 vectors are about 30 MB."""
 
 
 class LoraConfig(_Section):

@@ -179,6 +179,29 @@ ASKED: tuple[Asked, ...] = (
     Asked("a country", re.compile(r"\b(?:in )?(?:which|what) country\b|\bin welchem land\b|\bwelches land\b|"
                                   r"\baus welchem land\b", re.IGNORECASE), _Countries()),
     # A prison term: a number of years or months, not just "a penalty".
+    # Near misses seen in the evaluation sets' wording: the answer's currency, a minimum, a
+    # sum of money, a median, a mortality — a sentence with some other figure (a maximum
+    # "up to 20 000 000 EUR", a date, a count of patients) does not give it.
+    _asked("an amount in dollars", r"\b(?:expressed |converted )?in (?:us )?(?:dollars|usd)\b|\bhow many dollars\b",
+           r"\$\s*\d|\bus\$|\d[\d.,]*\s*(?:million |billion |thousand )?(?:dollars|usd)\b"),
+    _asked("a minimum",
+           r"\b(?:minimum|lowest|smallest) (?:\w+ ){0,2}?(?:fine|penalty|amount|sum|fee|payment|price|wage|salary|"
+           r"capital|sentence)\b|\bmindest(?:strafe|betrag|bußgeld|geldbuße|lohn|kapital|gehalt)\b",
+           r"\b(?:minimum|at least|not less than|no less than|no fewer than|mindestens|nicht weniger als|wenigstens|"
+           r"nicht unter|mindest\w+)\b"),
+    _asked("a sum of money",
+           r"\b(?:what|which) (?:was |were |is |are )?(?:the )?(?:(?:total|annual|net|gross|yearly|quarterly|operating|"
+           r"consolidated) )*(?:revenues?|sales|salary|salaries|wages?|turnover)\b|"
+           r"\bwie hoch (?:ist|war|sind|waren) (?:das|die|der|sein|ihr) (?:gehalt|besoldung|bezüge|umsatz|einkommen|"
+           r"vergütung|amtsbezüge)\b",
+           r"[$€£]\s*\(?\d|\d[\d.,]*\s*(?:million|billion|thousand|mio|mrd|bn)\b|\b(?:dollars|euros?|eur|usd|dm)\b|"
+           r"\|\s*\(?[$€£]?\s*\d"),
+    _asked("a median", r"\bmedian\b", r"\bmedian\b"),
+    _asked("a mortality",
+           r"\b(?:what|which) (?:was |is |were |are )?(?:the )?(?:\w+ )?(?:mortality|death rate|case[- ]fatality)\b|"
+           r"\bwie hoch (?:ist|war) die (?:sterblichkeit|letalität|mortalität)\b",
+           r"\b(?:mortality|died|deaths?|dead|fatal\w*|survived|survival|verstorben|gestorben|tod\w*|letalität|"
+           r"sterblichkeit|mortalität)\b"),
     _asked("a term of imprisonment",
            r"\b(?:welche[rn]?|what|which|how long|wie lange|wie hoch)\b.{0,40}\b(?:freiheitsstrafe|imprisonment|"
            r"prison (?:term|sentence)|jail)",
@@ -188,8 +211,9 @@ ASKED: tuple[Asked, ...] = (
 
 
 _COUNTED = re.compile(r"\b(?:how many|wie viele)\s+(?!of\b)([^\W\d_][\w-]*)", re.IGNORECASE)
-_COUNT = rf"(?:\d[\d.,]*|(?!ein){_SPELLED})"
-"""A count: "ein Abgeordneter" and "a member" are articles, not counts."""
+_COUNT = rf"(?:(?<![\d.,$€£])(?<![$€£] )\d[\d.,]*|(?!ein){_SPELLED})"
+"""A count: "ein Abgeordneter" and "a member" are articles, not counts; "$39.2 million in
+employee termination benefits" is money, not a number of employees."""
 
 
 _PEOPLE = ("men", "women", "people", "persons", "patients", "participants", "subjects", "individuals", "adults",
