@@ -377,3 +377,36 @@ def test_a_wider_search_finds_the_passage_that_gives_the_form_asked_for(tiny_run
     monkeypatch.setattr(pipeline_module, "WIDER_SEARCH", 5)
     prep = svc.pipeline.prepare(AnswerRequest(query=question, domain="law"), svc.active)
     assert prep.decision.status == "cannot_verify" and "an age" in prep.decision.reason
+
+
+def test_the_answer_s_passage_stays_in_a_full_prompt_and_numbers_stay_consistent(tiny_runtime, tok):
+    from twinloop.serving.pipeline import PROMPT_OVERHEAD_TOKENS, AnswerRequest
+    from twinloop.serving.service import Service
+
+    rt = tiny_runtime
+    filler = " ".join(f"Der Bundespräsident vertritt den Bund nach Regel {i}." for i in range(30))
+    docs = [{"text": f"Der Bundespräsident Bundespräsident wird gewählt. {filler}", "jurisdiction": "DE",
+             "code": "GG", "article": f"Art. {60 + i}", "source": "test"} for i in range(2)]
+    docs.append({"text": "Wählbar zum Bundespräsidenten ist jeder Deutsche, der das vierzigste Lebensjahr vollendet hat.",
+                 "jurisdiction": "DE", "code": "GG", "article": "Art. 54", "source": "test"})
+    rt.knowledge.ingest("law", docs)
+    svc = Service(rt)
+    svc.pipeline.answerability = LENIENT
+    question = "Wie alt muss der Bundespräsident mindestens sein?"
+    prep = svc.pipeline.prepare(AnswerRequest(query=question, domain="law"), svc.active)
+    assert prep.decision.status == "answered", prep.decision.reason
+    texts = [h.text for h in prep.prompt_passages]
+    age = next(i for i, t in enumerate(texts) if "vierzigste" in t)
+    assert age > 0  # ranked below the long passages
+    cost = [len(tok(f"[{i + 1}] {h.label}\n{h.text}", add_special_tokens=False)["input_ids"])
+            for i, h in enumerate(prep.prompt_passages)]
+    # Room for the best passage and the answer's, not for every passage before it.
+    room = cost[0] + cost[age] + 2 + len(tok(question, add_special_tokens=False)["input_ids"])
+    assert room < sum(cost[:age + 1])
+    foundation = SimpleNamespace(tokenizer=tok, config=SimpleNamespace(max_input_tokens=PROMPT_OVERHEAD_TOKENS + room))
+    assert svc.pipeline.constrain(prep, foundation) is not None
+    kept = prep.prompt_passages
+    assert any("vierzigste" in h.text for h in kept) and len(kept) < len(texts)
+    # [n] in the prompt, the decision and the record's retrieved list name the same passage.
+    assert prep.passages[:len(kept)] == kept
+    assert all(kept[s.n - 1].text[s.start:s.end] == s.text for s in prep.decision.ranked)

@@ -244,6 +244,10 @@ class AnswerPipeline:
             gen = replace(gen, messages=self._messages(prep.request.query, kept))
             if prep.decision is not None:
                 prep.decision = renumbered(prep.decision, kept_n)
+            # The record's retrieved list numbers passages as the prompt did: [n] in an answer
+            # is always the n-th retrieved passage; those that did not fit come after.
+            shown = {id(h) for h in kept}
+            prep.passages = [*kept, *(h for h in prep.passages if id(h) not in shown)]
         if prep.decision is None:
             return gen
         if not kept:  # not even the best passage fits: nothing can be quoted
@@ -267,7 +271,7 @@ class AnswerPipeline:
         top = prep.prompt_passages
         searched = {"domains": prep.domains, "as_of": prep.as_of, "jurisdiction": prep.jurisdiction,
                     "index_revision": prep.index_revision,
-                    "top_scores": [round(h.score, 4) for h in prep.passages[:5]]}
+                    "top_scores": sorted((round(h.score, 4) for h in prep.passages), reverse=True)[:5]}
         claims: list[Claim] = []
         cited: dict[int, str] = {}
         possibly_related: list[dict] = []
