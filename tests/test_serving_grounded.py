@@ -353,23 +353,32 @@ def test_a_figure_quoted_without_its_year_gets_the_line_of_its_passage_that_stat
     assert made.refusal == "" and "$41.9 million" in texts and "Fiscal 2017" in texts
 
 
-def test_a_wider_search_finds_the_passage_that_gives_the_form_asked_for(tiny_runtime, embedder, monkeypatch):
-    from twinloop.serving import pipeline as pipeline_module
-    from twinloop.serving.pipeline import AnswerRequest
+AGE_QUESTION = "Wie alt muss der Bundespräsident mindestens sein?"
+
+
+def _law_service(rt, texts: list[str]):
+    """A service over ``texts`` as GG articles (the last one Art. 54), answerability lenient."""
     from twinloop.serving.service import Service
 
-    rt = tiny_runtime
-    # Many passages about the office, none with an age; the one with the age ranks below them.
-    docs = [{"text": f"Der Bundespräsident Bundespräsident vertritt den Bund. Regel {i} über den Bundespräsidenten "
-                     f"und den Bundespräsidenten.", "jurisdiction": "DE", "code": "GG", "article": f"Art. {50 + i}",
-             "source": "test"} for i in range(8)]
-    docs.append({"text": "Der Bundespräsident wird gewählt. Wählbar ist jeder Deutsche, der das vierzigste "
-                         "Lebensjahr vollendet hat.",
-                 "jurisdiction": "DE", "code": "GG", "article": "Art. 54", "source": "test"})
+    docs = [{"text": t, "jurisdiction": "DE", "code": "GG", "article": f"Art. {60 + i}", "source": "test"}
+            for i, t in enumerate(texts)]
+    docs[-1]["article"] = "Art. 54"
     rt.knowledge.ingest("law", docs)
     svc = Service(rt)
     svc.pipeline.answerability = LENIENT
-    question = "Wie alt muss der Bundespräsident mindestens sein?"
+    return svc
+
+
+def test_a_wider_search_finds_the_passage_that_gives_the_form_asked_for(tiny_runtime, embedder, monkeypatch):
+    from twinloop.serving import pipeline as pipeline_module
+    from twinloop.serving.pipeline import AnswerRequest
+
+    # Many passages about the office, none with an age; the one with the age ranks below them.
+    svc = _law_service(tiny_runtime, [
+        *(f"Der Bundespräsident Bundespräsident vertritt den Bund. Regel {i} über den Bundespräsidenten und den "
+          f"Bundespräsidenten." for i in range(8)),
+        "Der Bundespräsident wird gewählt. Wählbar ist jeder Deutsche, der das vierzigste Lebensjahr vollendet hat."])
+    question = AGE_QUESTION
     prep = svc.pipeline.prepare(AnswerRequest(query=question, domain="law"), svc.active)
     assert prep.decision.status == "answered", prep.decision.reason
     assert any("vierzigste" in h.text for h in prep.prompt_passages)
@@ -381,18 +390,12 @@ def test_a_wider_search_finds_the_passage_that_gives_the_form_asked_for(tiny_run
 
 def test_the_answer_s_passage_stays_in_a_full_prompt_and_numbers_stay_consistent(tiny_runtime, tok):
     from twinloop.serving.pipeline import PROMPT_OVERHEAD_TOKENS, AnswerRequest
-    from twinloop.serving.service import Service
 
-    rt = tiny_runtime
     filler = " ".join(f"Der Bundespräsident vertritt den Bund nach Regel {i}." for i in range(30))
-    docs = [{"text": f"Der Bundespräsident Bundespräsident wird gewählt. {filler}", "jurisdiction": "DE",
-             "code": "GG", "article": f"Art. {60 + i}", "source": "test"} for i in range(2)]
-    docs.append({"text": "Wählbar zum Bundespräsidenten ist jeder Deutsche, der das vierzigste Lebensjahr vollendet hat.",
-                 "jurisdiction": "DE", "code": "GG", "article": "Art. 54", "source": "test"})
-    rt.knowledge.ingest("law", docs)
-    svc = Service(rt)
-    svc.pipeline.answerability = LENIENT
-    question = "Wie alt muss der Bundespräsident mindestens sein?"
+    svc = _law_service(tiny_runtime, [
+        *(f"Der Bundespräsident Bundespräsident wird gewählt ({i}). {filler}" for i in range(2)),
+        "Wählbar zum Bundespräsidenten ist jeder Deutsche, der das vierzigste Lebensjahr vollendet hat."])
+    question = AGE_QUESTION
     prep = svc.pipeline.prepare(AnswerRequest(query=question, domain="law"), svc.active)
     assert prep.decision.status == "answered", prep.decision.reason
     texts = [h.text for h in prep.prompt_passages]
