@@ -293,7 +293,7 @@ def test_quotes_around_the_answer_are_led_by_the_sentence_that_gives_it(tok, emb
         assert passages[c.n - 1][c.start:c.end] == c.text
 
 
-def test_the_best_sentence_giving_the_form_leads_when_the_model_quotes_another(tok, embedder):
+def test_the_best_sentence_giving_the_form_is_added_when_the_model_quotes_another(tok, embedder):
     # Both passages give a frequency; the model quotes the reminder rule, the ranking knows the
     # yearly free copy is what was asked.
     passages = ["Der Betroffene kann einmal je Kalenderjahr eine unentgeltliche Auskunft in Textform verlangen.",
@@ -303,8 +303,9 @@ def test_the_best_sentence_giving_the_form_leads_when_the_model_quotes_another(t
     assert d.status == "answered"
     q = quoting(tok, _hits(passages), d.ranked)
     made = assemble(question, _tokens_quoting(q, 2, 0), q, d.ranked, d.allowed)
-    assert made.claims[0].text == passages[0] and made.refusal == ""
-    assert any("zweimal" in c.text for c in made.claims)  # the model's quote stays, second
+    # Both stand, each verbatim and cited: neither the model nor the ranking is always right.
+    texts = [c.text for c in made.claims]
+    assert passages[0] in texts and any("zweimal" in t for t in texts) and made.refusal == ""
 
 
 def test_a_sentence_naming_the_question_s_names_leads_the_givers(embedder):

@@ -273,16 +273,20 @@ def _with_years(made: Grounded, ranked: Sequence[Sentence], years: Sequence[str]
 
 
 def _with_best_giver(question: str, made: Grounded, ranked: Sequence[Sentence], q: Quoting) -> Grounded:
-    """The claims led by the best-ranked sentence that gives what the question asks for, when
+    """The claims with the best-ranked sentence that gives what the question asks for, when
     the quotes leave it out: asked how often, a 135M model quotes "mindestens zweimal
-    schriftlich gemahnt" from the passage beside the one that says "einmal je Kalenderjahr" —
-    both give a frequency, and the ranking (question similarity, coverage, retrieval score)
-    knows better than the model which one is about the question."""
+    schriftlich gemahnt" from the passage beside the one that says "einmal je Kalenderjahr".
+    Neither the model nor the ranking (question similarity, coverage, retrieval score) is
+    always right — asked for how long the commissioner is elected, the model quotes "Die Wahl
+    erfolgt für fünf Jahre" and the ranking prefers a 72-hour deadline that names the
+    commissioner — so both stand, the model's quotes that give the form first, then this one
+    (first when the model's give none)."""
     best = next(iter(givers(question, ranked, [p.text for p in q.passages])), None)
     if best is None or any(c.n == best.n and c.start < best.end and best.start < c.end for c in made.claims):
         return made
-    lead = GroundedClaim(best.text, [best.n], best.n, best.start, best.end)
-    return Grounded([lead, *made.claims][:MAX_CLAIMS], made.mode, made.dropped)
+    claims = [*made.claims, GroundedClaim(best.text, [best.n], best.n, best.start, best.end)]
+    claims.sort(key=lambda c: not gives_any(question, c.text))
+    return Grounded(claims[:MAX_CLAIMS], made.mode, made.dropped)
 
 
 def _with_answer(question: str, made: Grounded, ranked: Sequence[Sentence], q: Quoting) -> Grounded:
