@@ -178,7 +178,6 @@ ASKED: tuple[Asked, ...] = (
            r"electronic\w*|notariell\w*|in text form)\b"),
     Asked("a country", re.compile(r"\b(?:in )?(?:which|what) country\b|\bin welchem land\b|\bwelches land\b|"
                                   r"\baus welchem land\b", re.IGNORECASE), _Countries()),
-    # A prison term: a number of years or months, not just "a penalty".
     # Near misses seen in the evaluation sets' wording: the answer's currency, a minimum, a
     # sum of money, a median, a mortality — a sentence with some other figure (a maximum
     # "up to 20 000 000 EUR", a date, a count of patients) does not give it.
@@ -202,6 +201,7 @@ ASKED: tuple[Asked, ...] = (
            r"\bwie hoch (?:ist|war) die (?:sterblichkeit|letalität|mortalität)\b",
            r"\b(?:mortality|died|deaths?|dead|fatal\w*|survived|survival|verstorben|gestorben|tod\w*|letalität|"
            r"sterblichkeit|mortalität)\b"),
+    # A prison term: a number of years or months, not just "a penalty".
     _asked("a term of imprisonment",
            r"\b(?:welche[rn]?|what|which|how long|wie lange|wie hoch)\b.{0,40}\b(?:freiheitsstrafe|imprisonment|"
            r"prison (?:term|sentence)|jail)",

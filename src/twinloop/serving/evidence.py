@@ -209,6 +209,12 @@ def givers(question: str, ranked: Sequence[Sentence], passages: Sequence[str],
     return out
 
 
+def best_giver(question: str, ranked: Sequence[Sentence], passages: Sequence[str]) -> Sentence | None:
+    """The first of :func:`givers` (None when no sentence gives what is asked)."""
+    found = givers(question, ranked, passages)
+    return found[0] if found else None
+
+
 COUNTERPARTS: tuple[tuple[str, str], ...] = (
     ("controller", "processor"), ("verantwortliche", "auftragsverarbeiter"), ("employer", "employee"),
     ("arbeitgeber", "arbeitnehmer"), ("landlord", "tenant"), ("vermieter", "mieter"), ("seller", "buyer"),

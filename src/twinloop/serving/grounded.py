@@ -26,6 +26,7 @@ from twinloop.serving.evidence import (
     Answerability,
     Sentence,
     asked_years,
+    best_giver,
     content_words,
     features,
     givers,
@@ -158,9 +159,7 @@ def answer_passage(question: str, decision: Decision, passages: Sequence[str]) -
     """The passage (1-based) of the best sentence that gives what the question asks for, or
     None: the prompt keeps it within its token budget before passages that rank higher but do
     not give it (a long statute's neighbouring sections would otherwise push it out)."""
-    if not asks_for_form(question):
-        return None
-    best = next(iter(givers(question, decision.ranked, passages)), None)
+    best = best_giver(question, decision.ranked, passages) if asks_for_form(question) else None
     return best.n if best is not None else None
 
 
@@ -281,7 +280,7 @@ def _with_best_giver(question: str, made: Grounded, ranked: Sequence[Sentence], 
     erfolgt für fünf Jahre" and the ranking prefers a 72-hour deadline that names the
     commissioner — so both stand, the model's quotes that give the form first, then this one
     (first when the model's give none)."""
-    best = next(iter(givers(question, ranked, [p.text for p in q.passages])), None)
+    best = best_giver(question, ranked, [p.text for p in q.passages])
     if best is None or any(c.n == best.n and c.start < best.end and best.start < c.end for c in made.claims):
         return made
     claims = [*made.claims, GroundedClaim(best.text, [best.n], best.n, best.start, best.end)]

@@ -67,22 +67,27 @@ def _is_boundary(text: str, m: re.Match) -> bool:
     return True
 
 
-def _in_brackets(text: str, at: int) -> bool:
-    """``at`` lies inside a bracket opened earlier on its line and not yet closed."""
-    line = text[text.rfind("\n", 0, at) + 1:at]
-    depth = 0
-    for ch in line:
-        if ch in "([":
+def _bracketed(text: str) -> set[int]:
+    """The ``;`` of ``text`` inside a bracket opened earlier on their line and not yet closed
+    (one pass; a line break closes what is open)."""
+    inside, depth = set(), 0
+    for i, ch in enumerate(text):
+        if ch == "\n":
+            depth = 0
+        elif ch in "([":
             depth += 1
         elif ch in ")]" and depth:
             depth -= 1
-    return depth > 0
+        elif depth and ch == ";":
+            inside.add(i)
+    return inside
 
 
 def spans(text: str) -> list[tuple[int, int]]:
     """``(start, end)`` character spans of ``text``'s sentences, stripped and non-empty, in order."""
     cuts = {m.end() for m in _END.finditer(text) if _is_boundary(text, m)}
-    cuts |= {m.end() for m in _SEMI.finditer(text) if not _in_brackets(text, m.start())}
+    bracketed = _bracketed(text)
+    cuts |= {m.end() for m in _SEMI.finditer(text) if m.start() not in bracketed}
     cuts |= {m.end() for m in _COLON_BREAK.finditer(text)}
     for m in _BREAK.finditer(text):
         cuts |= {m.start(), m.end()}
